@@ -1,0 +1,162 @@
+"""Typed settings for every darkroom component, loaded once at the edge (CLI or DAG task).
+
+Precedence, highest first: keyword arguments, ``DARKROOM_*`` environment variables (nested with ``__``, e.g.
+``DARKROOM_SPARK__MASTER=spark://host:7077``), the YAML file named by ``DARKROOM_CONFIG`` (or ``--config``), then the
+embedded ``local`` profile. Unknown keys and bad values fail at start with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+CONFIG_ENV = "DARKROOM_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the key and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Strict):
+    master: str = "local[*]"
+    app_name_prefix: str = "darkroom"
+    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions; small locally")
+    driver_memory: str = "4g"
+    ui: bool = False
+    # Extra Spark configuration, e.g. {"spark.executor.memory": "8g"} on a cluster.
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _master_known(cls, v: str) -> str:
+        if not (v.startswith(("local", "spark://", "yarn", "k8s://", "mesos://"))):
+            raise ValueError(f"expected local[N], spark://host:port, yarn or k8s://..., got {v!r}")
+        return v
+
+
+class WorldSettings(_Strict):
+    scale: Literal["tiny", "small", "large"] = "small"
+    seed: int = 42
+    days: int | None = Field(None, ge=1, le=366, description="days of event logs; default per scale")
+    # The world's clock stops here: no wall-clock time enters generated data.
+    end: datetime = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    media_bytes_scale: float = Field(1.0 / 256, gt=0, le=1, description="blob bytes = media bytes x this")
+
+
+class IngestSettings(_Strict):
+    max_bad_fraction: float = Field(0.05, ge=0, le=1, description="more bad rows than this fails the whole file")
+    quarantine_sample_in_report: int = Field(20, ge=0)
+
+
+class DarkroomSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DARKROOM_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+    )
+
+    profile: Literal["local"] = "local"
+    state_dir: Path = Path(".darkroom")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    spark: SparkSettings = SparkSettings()
+    world: WorldSettings = WorldSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return (v if v.is_absolute() else PROJECT_ROOT / v).resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    # Every path darkroom writes is derived here, once.
+    @property
+    def lake_dir(self) -> Path:
+        return self.state_dir / "lake"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.state_dir / "landing"
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.state_dir / "jars"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+    @property
+    def spark_local_dir(self) -> Path:
+        return self.state_dir / "spark"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The embedded profile overlaid with the YAML file named by DARKROOM_CONFIG (if any)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = _read_yaml(PROFILES_DIR / "local.yml")
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            data = _deep_merge(data, _read_yaml(Path(path)))
+        return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise SettingsError(f"settings file {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise SettingsError(f"settings file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> DarkroomSettings:
+    """Load and validate settings; raise SettingsError naming every bad key."""
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config)
+    try:
+        return DarkroomSettings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else "")
+            for err in e.errors()
+        )
+        raise SettingsError(f"invalid darkroom settings: {problems}") from None

@@ -1,0 +1,74 @@
+"""The Spark session factory: Delta from local jars, the master from settings, quiet when not on a terminal."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from darkroom.jars import resolved_jars
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from darkroom.settings import DarkroomSettings
+
+
+def spark_conf(settings: DarkroomSettings, app_name: str) -> dict[str, str]:
+    """Every configuration darkroom sets, as a plain dict (also what SparkSubmitOperator and dbt are given)."""
+    s = settings.spark
+    local = s.master.startswith("local")
+    interactive = sys.stderr.isatty()
+    conf = {
+        "spark.app.name": f"{s.app_name_prefix}-{app_name}",
+        "spark.master": s.master,
+        "spark.jars": ",".join(str(j) for j in resolved_jars(settings.jars_dir)),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(s.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": str(settings.state_dir / "warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.state_dir / 'derby'}",
+        "spark.ui.enabled": str(s.ui).lower(),
+        "spark.ui.showConsoleProgress": str(interactive).lower(),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta's own optimised writes keep small-data tables from exploding into many tiny files.
+        "spark.databricks.delta.optimizeWrite.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    if local:
+        conf["spark.driver.memory"] = s.driver_memory
+        conf["spark.local.dir"] = str(settings.spark_local_dir)
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    conf.update(s.conf)
+    return conf
+
+
+def get_spark(settings: DarkroomSettings, app_name: str = "session") -> SparkSession:
+    """The process's Spark session with Delta; created once, stopped at exit. No network is needed."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    Path(settings.spark_local_dir).mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder
+    for k, v in spark_conf(settings, app_name).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    atexit.register(_stop_quietly, spark)
+    return spark
+
+
+def _stop_quietly(spark: SparkSession) -> None:
+    try:
+        spark.stop()
+    except Exception:  # noqa: BLE001 - the JVM may already be gone at interpreter exit
+        pass

@@ -1,0 +1,118 @@
+"""The lakehouse table registry: the one place that names every table, its layer, path, schema, key and partitions.
+
+Input datasets (bronze, and the oracle) take their schema and key from their data contract; event tables are
+partitioned by ``dt``, a Delta generated column ``CAST(<event_time> AS DATE)``. No other module spells a table path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from darkroom.contract_spec import contract_names, load_contract
+
+if TYPE_CHECKING:
+    from pyspark.sql.types import StructType
+
+    from darkroom.settings import DarkroomSettings
+
+Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "silver", "gold"]
+PARTITION_COLUMN = "dt"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    layer: Layer
+    key: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+    event_time: str | None = None
+    contract: str | None = None
+    _schema_ddl: str | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    def path(self, settings: DarkroomSettings) -> Path:
+        base = settings.landing_dir if self.layer == "landing" else settings.lake_dir / self.layer
+        return base / self.name
+
+    def uri(self, settings: DarkroomSettings) -> str:
+        return str(self.path(settings))
+
+    @property
+    def schema(self) -> StructType:
+        """The logical schema (without the generated partition column)."""
+        if self.contract:
+            return load_contract(self.contract).spark_schema()
+        from pyspark.sql.types import StructType
+
+        return StructType.fromDDL(self._schema_ddl)
+
+
+QUARANTINE_DDL = (
+    "source_file STRING NOT NULL, source_checksum STRING NOT NULL, run_id STRING NOT NULL, "
+    "quarantined_at TIMESTAMP NOT NULL, row_key STRING, rules ARRAY<STRING> NOT NULL, reasons ARRAY<STRING> NOT NULL, "
+    "row_json STRING NOT NULL"
+)
+LEDGER_DDL = (
+    "dataset STRING NOT NULL, source_checksum STRING NOT NULL, source_file STRING NOT NULL, "
+    "file_format STRING NOT NULL, rows BIGINT NOT NULL, good_rows BIGINT NOT NULL, quarantined_rows BIGINT NOT NULL, "
+    "target_version BIGINT, run_id STRING NOT NULL, ingested_at TIMESTAMP NOT NULL, report_path STRING"
+)
+
+
+@cache
+def _registry() -> dict[str, Table]:
+    tables: dict[str, Table] = {}
+    for name in contract_names():
+        c = load_contract(name)
+        tables[f"{c.layer}.{name}"] = Table(
+            name=name,
+            layer=c.layer,
+            key=tuple(c.key),
+            partition_by=(PARTITION_COLUMN,) if c.event_time else (),
+            event_time=c.event_time,
+            contract=name,
+        )
+        tables[f"landing.{name}"] = Table(name=name, layer="landing", key=tuple(c.key), contract=name)
+        tables[f"quarantine.{name}"] = Table(
+            name=name, layer="quarantine", key=("source_checksum", "row_json"), _schema_ddl=QUARANTINE_DDL
+        )
+    tables["meta.ingest_ledger"] = Table(
+        name="ingest_ledger", layer="meta", key=("dataset", "source_checksum"), _schema_ddl=LEDGER_DDL
+    )
+    return tables
+
+
+def table(qualified_name: str) -> Table:
+    """Look a table up by ``layer.name``; the error lists what exists."""
+    try:
+        return _registry()[qualified_name]
+    except KeyError:
+        raise KeyError(f"unknown table {qualified_name!r}; known: {', '.join(sorted(_registry()))}") from None
+
+
+def all_tables(layer: Layer | None = None) -> list[Table]:
+    return [t for q, t in sorted(_registry().items()) if layer is None or t.layer == layer]
+
+
+def input_datasets() -> list[str]:
+    """Every dataset that enters through a contract, in dependency order (referenced tables first)."""
+    names = contract_names()
+    deps = {n: {r.table for r in load_contract(n).references} - {n} for n in names}
+    ordered: list[str] = []
+    while len(ordered) < len(names):
+        ready = sorted(n for n in names if n not in ordered and deps[n] <= set(ordered))
+        if not ready:
+            raise ValueError(f"contracts reference each other in a cycle: {sorted(set(names) - set(ordered))}")
+        ordered.extend(ready)
+    return ordered
+
+
+def dataset_table(dataset: str) -> Table:
+    """The Delta table an input dataset is merged into (bronze, or the oracle layer)."""
+    return table(f"{load_contract(dataset).layer}.{dataset}")

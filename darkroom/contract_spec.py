@@ -94,9 +94,9 @@ class Contract(_Strict):
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate column names in {names}")
-        for k in self.key + ([self.event_time] if self.event_time else []) + [
-            c for r in self.references for c in r.columns
-        ]:
+        for k in (
+            self.key + ([self.event_time] if self.event_time else []) + [c for r in self.references for c in r.columns]
+        ):
             if k not in names:
                 raise ValueError(f"{k!r} is used as key, event_time or reference but is not a column")
         for k in self.key:

@@ -10,7 +10,7 @@ its IDs without a lookup. Scalar, numpy and Spark-column forms compute the same 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 EPOCH_MS = 1314220021721
@@ -27,7 +27,7 @@ class DecodedId(NamedTuple):
 
     @property
     def created_at(self) -> datetime:
-        return datetime.fromtimestamp(self.ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(self.ms / 1000, tz=UTC)
 
 
 def encode(unix_ms: int, shard: int, seq: int) -> int:

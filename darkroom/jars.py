@@ -60,9 +60,12 @@ def _resolve_with_ivy(coords: list[str], work: Path) -> list[Path]:
     spark_submit = Path(sys.executable).parent / "spark-submit"
     cmd = [
         str(spark_submit),
-        "--master", "local[1]",
-        "--packages", ",".join(coords),
-        "--conf", f"spark.jars.ivy={work / 'ivy'}",
+        "--master",
+        "local[1]",
+        "--packages",
+        ",".join(coords),
+        "--conf",
+        f"spark.jars.ivy={work / 'ivy'}",
         str(script),
     ]
     env = {**os.environ, "SPARK_HOME": _spark_home()}
@@ -83,9 +86,18 @@ def _resolve_with_maven(coords: list[str], work: Path) -> list[Path]:
     )
     out = work / "mvn-jars"
     subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
-        check=True, timeout=900,
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={out}",
+        ],
+        check=True,
+        timeout=900,
     )
     return _not_in_spark(sorted(out.glob("*.jar")), lambda n: n)
 

@@ -8,7 +8,7 @@ embedded ``local`` profile. Unknown keys and bad values fail at start with the k
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,7 @@ class WorldSettings(_Strict):
     seed: int = 42
     days: int | None = Field(None, ge=1, le=366, description="days of event logs; default per scale")
     # The world's clock stops here: no wall-clock time enters generated data.
-    end: datetime = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    end: datetime = datetime(2026, 11, 1, tzinfo=UTC)
     media_bytes_scale: float = Field(1.0 / 256, gt=0, le=1, description="blob bytes = media bytes x this")
 
 
@@ -67,6 +67,8 @@ class DarkroomSettings(BaseSettings):
 
     profile: Literal["local"] = "local"
     state_dir: Path = Path(".darkroom")
+    # Where set-up resolved the Delta jars; default <state_dir>/jars. Tests point many state dirs at one set.
+    jars_path: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     spark: SparkSettings = SparkSettings()
     world: WorldSettings = WorldSettings()
@@ -99,7 +101,7 @@ class DarkroomSettings(BaseSettings):
 
     @property
     def jars_dir(self) -> Path:
-        return self.state_dir / "jars"
+        return self.jars_path or self.state_dir / "jars"
 
     @property
     def reports_dir(self) -> Path:

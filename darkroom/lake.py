@@ -1,0 +1,98 @@
+"""Delta Lake access for registry tables: create with the registered schema, read, merge on the key, describe.
+
+Only entry points (``jobs/*/main.py``, the CLI) call these; transforms never see a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from darkroom.tables import PARTITION_COLUMN, Table
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from darkroom.settings import DarkroomSettings
+
+
+def exists(spark: SparkSession, t: Table, settings: DarkroomSettings) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, t.uri(settings))
+
+
+def ensure_table(spark: SparkSession, t: Table, settings: DarkroomSettings):
+    """Create the Delta table if it is missing (idempotent); event tables get ``dt`` generated from event time."""
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark).location(t.uri(settings)).addColumns(t.schema)
+    if t.event_time:
+        builder = builder.addColumn(PARTITION_COLUMN, "DATE", generatedAlwaysAs=f"CAST({t.event_time} AS DATE)")
+    if t.partition_by:
+        builder = builder.partitionedBy(*t.partition_by)
+    builder = builder.property("delta.appendOnly", "false")
+    return builder.execute()
+
+
+def read(spark: SparkSession, t: Table, settings: DarkroomSettings) -> DataFrame:
+    if not exists(spark, t, settings):
+        raise FileNotFoundError(f"table {t.qualified_name} does not exist yet at {t.path(settings)}")
+    return spark.read.format("delta").load(t.uri(settings))
+
+
+def with_partition_column(df: DataFrame, t: Table) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return df.withColumn(PARTITION_COLUMN, F.to_date(F.col(t.event_time))) if t.event_time else df
+
+
+def merge_on_key(spark: SparkSession, t: Table, settings: DarkroomSettings, source: DataFrame) -> int:
+    """Upsert ``source`` (unique on the key) into ``t``; rows whose values are unchanged are left alone.
+
+    Returns the table version after the write. Re-running with the same source leaves the data unchanged.
+    """
+    from delta.tables import DeltaTable
+
+    ensure_table(spark, t, settings)
+    target = DeltaTable.forPath(spark, t.uri(settings))
+    source = with_partition_column(source, t)
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in t.key)
+    if t.partition_by and t.event_time in t.key:
+        # Lets Delta prune partitions: the key's event time decides its partition.
+        on = f"t.`{PARTITION_COLUMN}` = s.`{PARTITION_COLUMN}` AND " + on
+    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in source.columns if c not in t.key) or "false"
+    (
+        target.alias("t")
+        .merge(source.alias("s"), on)
+        .whenMatchedUpdateAll(condition=changed)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return current_version(spark, t, settings)
+
+
+def current_version(spark: SparkSession, t: Table, settings: DarkroomSettings) -> int:
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, t.uri(settings)).history(1).collect()[0]["version"])
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    table: Table
+    rows: int | None
+    version: int | None
+    last_write: datetime | None
+    last_operation: str | None
+
+
+def describe(spark: SparkSession, t: Table, settings: DarkroomSettings) -> TableInfo:
+    from delta.tables import DeltaTable
+
+    if not exists(spark, t, settings):
+        return TableInfo(t, None, None, None, None)
+    dt = DeltaTable.forPath(spark, t.uri(settings))
+    last = dt.history(1).collect()[0]
+    return TableInfo(t, dt.toDF().count(), int(last["version"]), last["timestamp"], last["operation"])

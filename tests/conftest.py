@@ -1,0 +1,36 @@
+"""Shared fixtures: one real Spark session with Delta for the whole run, settings under a temporary state dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from darkroom.settings import PROJECT_ROOT, load_settings
+
+PROJECT_JARS = Path(os.environ.get("DARKROOM_TEST_JARS", PROJECT_ROOT / ".darkroom" / "jars"))
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("darkroom-state")
+
+
+@pytest.fixture(scope="session")
+def settings(state_dir):
+    return load_settings(
+        state_dir=state_dir,
+        jars_path=PROJECT_JARS,
+        spark={"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"},
+        world={"scale": "tiny", "seed": 7},
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from darkroom.spark import get_spark
+
+    session = get_spark(settings, "tests")
+    yield session
+    session.stop()

@@ -77,15 +77,18 @@ def data_files(path: Path) -> list[Path]:
 
 
 def checksum(path: Path) -> str:
-    """SHA-256 over the data files' relative names and bytes: the identity of a landing file in the ledger."""
-    h = hashlib.sha256()
-    root = path if path.is_dir() else path.parent
+    """SHA-256 over the sorted SHA-256s of the data files: the identity of a landing file in the ledger.
+
+    File names do not count, so the same rows written again by Spark (new part-file names) are recognised.
+    """
+    digests = []
     for f in data_files(path):
-        h.update(str(f.relative_to(root)).encode())
+        h = hashlib.sha256()
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()
+        digests.append(h.hexdigest())
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
 def detect_format(path: Path) -> Format:
@@ -113,6 +116,8 @@ def _read(spark, path: Path, fmt: Format, source: str):
         return df
     except Exception as e:  # noqa: BLE001 - Spark raises many kinds for a corrupt file
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if "TIMESTAMP(NANOS" in first:
+            first += " (nanosecond timestamps: write microseconds, e.g. pandas to_parquet(coerce_timestamps='us'))"
         raise FileContractError(source, f"unreadable as {fmt}: {first}") from None
 
 

@@ -1,0 +1,156 @@
+"""Run Airflow on darkroom's DAGs from a settings object: the environment, the metadata DB, ``airflow dags test``.
+
+Everything Airflow keeps (``airflow.cfg``, the SQLite DB, logs) lives in ``settings.airflow_home``. The task processes
+rebuild the caller's settings exactly: every setting is passed as a ``DARKROOM_*`` environment variable (nested
+settings as JSON), and inherited ``DARKROOM_*`` / ``AIRFLOW__*`` variables are dropped, so ``load_settings()`` in a
+task equals the ``settings`` given here.
+
+    from darkroom.airflow_env import run_dag_test
+    run_dag_test(settings, "ingest", "2026-11-01", conf={"landing_dir": "/data/landing"})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, DarkroomSettings
+
+DAGS_DIR = PROJECT_ROOT / "dags"
+_ENV_PREFIX = "DARKROOM_"
+# Variables from the caller's shell that would change what Airflow or the task settings see.
+_DROPPED_PREFIXES = (_ENV_PREFIX, "AIRFLOW__", "AIRFLOW_HOME", "AIRFLOW_CONFIG")
+
+
+def airflow_db_path(settings: DarkroomSettings) -> Path:
+    return settings.airflow_home / "airflow.db"
+
+
+def settings_env(settings: DarkroomSettings) -> dict[str, str]:
+    """``DARKROOM_*`` variables from which ``load_settings()`` rebuilds ``settings`` exactly.
+
+    Scalars are plain strings; nested settings are JSON (pydantic-settings decodes JSON for nested models).
+    ``jars_path`` is left out when unset, its default.
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        key = f"{_ENV_PREFIX}{name.upper()}"
+        env[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+    return env
+
+
+def airflow_env(settings: DarkroomSettings) -> dict[str, str]:
+    """The variables to set for running Airflow on darkroom's DAGs (merge them over a clean environment).
+
+    Pure: nothing is created; ``ensure_airflow_db`` creates the Airflow home and the DB.
+    """
+    home = settings.airflow_home
+    python_path = os.pathsep.join(
+        [str(PROJECT_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Four slashes: sqlite:// plus an absolute path.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_db_path(settings)}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+        # No telemetry calls, no provider-less surprises on a machine without network.
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+        "SCARF_ANALYTICS": "false",
+        "PYTHONPATH": python_path,
+        **settings_env(settings),
+    }
+
+
+def subprocess_env(settings: DarkroomSettings) -> dict[str, str]:
+    """The full environment for an Airflow subprocess: the caller's, minus darkroom/Airflow variables, plus ours."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES) and k != CONFIG_ENV}
+    return {**base, **airflow_env(settings)}
+
+
+def _airflow_bin() -> str:
+    local = Path(sys.executable).parent / "airflow"
+    return str(local) if local.exists() else "airflow"
+
+
+def _stamp_path(settings: DarkroomSettings) -> Path:
+    return settings.airflow_home / ".db-migrated"
+
+
+def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Path:
+    """Create or upgrade the Airflow metadata DB (``airflow db migrate``); a no-op once done for this Airflow version.
+
+    A stamp file next to the DB records the Airflow version it was migrated with; a new version or a missing DB
+    migrates again. Returns the DB path.
+    """
+    db = airflow_db_path(settings)
+    stamp = _stamp_path(settings)
+    wanted = f"apache-airflow-core {version('apache-airflow-core')} {db}"
+    if db.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return db
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [_airflow_bin(), "db", "migrate"],
+        env=subprocess_env(settings),
+        cwd=settings.airflow_home,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) for {db}:\n{tail}")
+    stamp.write_text(wanted + "\n")
+    return db
+
+
+def dag_test_log_path(settings: DarkroomSettings, dag_id: str, logical_date: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in logical_date)
+    return settings.airflow_home / "logs" / "dags_test" / f"{dag_id}__{safe}.log"
+
+
+def run_dag_test(
+    settings: DarkroomSettings,
+    dag_id: str,
+    logical_date: str | date | datetime,
+    conf: dict | None = None,
+    *,
+    timeout: float | None = 1800,
+) -> subprocess.CompletedProcess[str]:
+    """Run one DAG run in-process with ``airflow dags test`` and return it (stdout and stderr merged, as text).
+
+    The output is also written to ``<airflow_home>/logs/dags_test/<dag_id>__<logical_date>.log``. The return code is
+    not checked: ``returncode != 0`` or a task not in state success is the caller's to judge.
+    """
+    ensure_airflow_db(settings)
+    when = logical_date.isoformat() if isinstance(logical_date, date | datetime) else str(logical_date)
+    cmd = [_airflow_bin(), "dags", "test", dag_id, when]
+    if conf:
+        cmd += ["-c", json.dumps(conf)]
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        env=subprocess_env(settings),
+        cwd=settings.airflow_home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    log = dag_test_log_path(settings, dag_id, when)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(
+        f"$ {' '.join(cmd)}\n# exit {proc.returncode} after {time.monotonic() - started:.1f}s\n{proc.stdout}"
+    )
+    return proc

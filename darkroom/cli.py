@@ -1,0 +1,213 @@
+"""``darkroom``: every job by hand, with the same settings the DAGs use.
+
+The core imports nothing of ours at module level; each command imports its job's entry point when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from darkroom.settings import DarkroomSettings, SettingsError, load_settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (overrides the local profile)")]
+
+
+def _settings(config: Path | None, **overrides) -> DarkroomSettings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v})
+    except SettingsError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _world(settings: DarkroomSettings, scale, seed, days) -> dict:
+    w = settings.world
+    return {"scale": scale or w.scale, "seed": w.seed if seed is None else seed, "days": days or w.days}
+
+
+@app.command()
+def generate(
+    scale: Annotated[str | None, typer.Option(help="tiny | small | large (default: world.scale)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: world.seed)")] = None,
+    days: Annotated[int | None, typer.Option(help="days of event logs ending at world.end")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="landing folder (default: <state>/landing)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate the seeded synthetic world as landing Parquet files, one folder per dataset."""
+    from jobs.generate.main import generate as run
+
+    settings = _settings(config)
+    world = _world(settings, scale, seed, days)
+    if world["scale"] not in ("tiny", "small", "large"):
+        raise typer.BadParameter(f"--scale must be tiny, small or large, got {world['scale']!r}")
+    counts = run(settings, out_dir=out, **world)
+    typer.echo(f"generated {sum(counts.values()):,} rows in {len(counts)} datasets -> {out or settings.landing_dir}")
+
+
+@app.command()
+def ingest(
+    dataset: Annotated[str | None, typer.Option(help="dataset name (a contract in data_contracts/contracts)")] = None,
+    path: Annotated[Path | None, typer.Option(help="landing file or folder of part files")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="parquet | csv | json (default: by extension)")] = None,
+    landing: Annotated[Path | None, typer.Option(help="ingest every dataset under this landing folder")] = None,
+    report: Annotated[bool, typer.Option(help="write the great-expectations data docs report")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest landing data through its contract into bronze Delta (bad rows to quarantine, the rest merged)."""
+    from data_contracts.checks import FileContractError
+    from data_contracts.suites import ContractValidator
+    from jobs.ingest.main import ingest as run_one
+    from jobs.ingest.main import ingest_landing
+
+    settings = _settings(config)
+    if format not in (None, "parquet", "csv", "json"):
+        raise typer.BadParameter(f"--format must be parquet, csv or json, got {format!r}")
+    try:
+        if dataset is None:
+            if path is not None:
+                raise typer.BadParameter("--path needs --dataset")
+            results = ingest_landing(settings, landing, with_report=report)
+        else:
+            if path is None:
+                path = landing / dataset if landing else None
+            if path is None:
+                from darkroom.tables import table
+
+                path = table(f"landing.{dataset}").path(settings)
+            validator = ContractValidator(settings.reports_dir / "great_expectations") if report else None
+            results = [run_one(settings, dataset, path, format, validator=validator)]
+            typer.echo(results[0].line())
+    except FileContractError as e:
+        typer.secho(f"refused: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    reports = {r.report for r in results if r.report}
+    for r in sorted(reports):
+        typer.echo(f"validation report: {r}")
+
+
+@app.command()
+def tables(
+    layer: Annotated[str | None, typer.Option(help="only this layer (bronze, quarantine, meta, oracle)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Every registered table: rows, Delta version, last write, path."""
+    from darkroom import lake
+    from darkroom.spark import get_spark
+    from darkroom.tables import all_tables
+
+    settings = _settings(config)
+    spark = get_spark(settings, "tables")
+    rows = []
+    for t in all_tables():
+        if t.layer == "landing" or (layer and t.layer != layer):
+            continue
+        info = lake.describe(spark, t, settings)
+        rows.append((t.qualified_name, info.rows, info.version, info.last_write, info.last_operation, t.path(settings)))
+    _print_table(["table", "rows", "version", "last write", "operation", "path"], rows)
+
+
+def _print_table(header: list[str], rows: list[tuple]) -> None:
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, int):
+            return f"{v:,}"
+        if hasattr(v, "strftime"):
+            return v.strftime("%Y-%m-%d %H:%M:%S")
+        return str(v)
+
+    cells = [[cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for c in cells:
+        typer.echo("  ".join((v.rjust(w) if v[:1].isdigit() else v.ljust(w)) for v, w in zip(c, widths, strict=True)))
+
+
+@app.command()
+def demo(
+    scale: Annotated[str | None, typer.Option(help="world scale (default: world.scale, small)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The main job on embedded defaults: generate the world, ingest it through the contracts, print a summary."""
+    from jobs.generate.main import generate as run_generate
+
+    from darkroom import lake
+    from darkroom.spark import get_spark
+    from darkroom.tables import dataset_table, table
+    from jobs.ingest.main import ingest_landing
+
+    settings = _settings(config)
+    world = _world(settings, scale, seed, None)
+    started = time.monotonic()
+    typer.echo(f"== darkroom demo: {world['scale']} world, seed {world['seed']}, state in {settings.state_dir}")
+    typer.echo("== 1/2 generate")
+    counts = run_generate(settings, out_dir=None, **world)
+    typer.echo("== 2/2 ingest through the data contracts")
+    results = ingest_landing(settings)
+    spark = get_spark(settings, "demo")
+
+    rows = []
+    for r in results:
+        t = dataset_table(r.dataset)
+        info = lake.describe(spark, t, settings)
+        rows.append(
+            (t.qualified_name, counts.get(r.dataset), info.rows, r.quarantined_rows, info.version, t.path(settings))
+        )
+    typer.echo("")
+    _print_table(["table", "landing rows", "rows", "quarantined", "version", "path"], rows)
+    summary = {
+        "world": world,
+        "seconds": round(time.monotonic() - started, 1),
+        "landing": str(settings.landing_dir),
+        "lake": str(settings.lake_dir),
+        "ledger": str(table("meta.ingest_ledger").path(settings)),
+        "validation_report": next((r.report for r in results if r.report), None),
+        "tables": [
+            {"table": r[0], "landing_rows": r[1], "rows": r[2], "quarantined": r[3], "version": r[4]} for r in rows
+        ],
+    }
+    out = settings.reports_dir / "demo_summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    typer.echo("")
+    typer.echo(f"landing files:     {settings.landing_dir}")
+    typer.echo(f"Delta lake:        {settings.lake_dir}")
+    typer.echo(f"validation report: {summary['validation_report']}")
+    typer.echo(f"summary:           {out}")
+    typer.echo(f"done in {summary['seconds']:.0f}s")
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (generate, ingest)")],
+    quick: Annotated[bool, typer.Option("--quick", help="small parameters, finishes within a minute")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run one benchmark and write bench/results/NAME.json."""
+    from bench.runner import run_benchmark
+
+    settings = _settings(config)
+    path = run_benchmark(name, settings, quick=quick)
+    typer.echo(f"wrote {path}")
+    typer.echo(path.read_text())
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as e:
+        typer.secho(str(e), fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,8 @@ EPOCH_MS = 1314220021721
 TIME_BITS, SHARD_BITS, SEQ_BITS = 41, 13, 10
 N_SHARDS = 1 << SHARD_BITS
 MAX_SEQ = (1 << SEQ_BITS) - 1
-MAX_MS = (1 << TIME_BITS) - 1
+# The top time bit would make the signed 64-bit BIGINT negative (in 2046), so positive ids use 40 of the 41 bits.
+MAX_MS = (1 << (TIME_BITS - 1)) - 1
 
 
 class DecodedId(NamedTuple):
@@ -34,7 +35,7 @@ def encode(unix_ms: int, shard: int, seq: int) -> int:
     """Mint an id; raises ValueError naming the field that is out of range."""
     rel = unix_ms - EPOCH_MS
     if not 0 <= rel <= MAX_MS:
-        raise ValueError(f"timestamp {unix_ms} ms is outside the 41-bit window after epoch {EPOCH_MS}")
+        raise ValueError(f"timestamp {unix_ms} ms is outside the positive 64-bit id window after epoch {EPOCH_MS}")
     if not 0 <= shard < N_SHARDS:
         raise ValueError(f"shard {shard} is outside 0..{N_SHARDS - 1}")
     if not 0 <= seq <= MAX_SEQ:

@@ -55,9 +55,12 @@ def merge_on_key(spark: SparkSession, t: Table, settings: DarkroomSettings, sour
     """
     from delta.tables import DeltaTable
 
-    ensure_table(spark, t, settings)
-    target = DeltaTable.forPath(spark, t.uri(settings))
+    target = ensure_table(spark, t, settings)
     source = with_partition_column(source, t)
+    if target.detail().collect()[0]["numFiles"] == 0:
+        # Nothing to match against: an append writes exactly what the MERGE would, without its join.
+        source.write.format("delta").mode("append").save(t.uri(settings))
+        return current_version(spark, t, settings)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in t.key)
     if t.partition_by and t.event_time in t.key:
         # Lets Delta prune partitions: the key's event time decides its partition.

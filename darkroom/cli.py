@@ -82,6 +82,9 @@ def ingest(
                 from darkroom.tables import table
 
                 path = table(f"landing.{dataset}").path(settings)
+            from darkroom.spark import get_spark
+
+            get_spark(settings, "ingest")  # ours (with Delta) before GX could start a plain one
             validator = ContractValidator(settings.reports_dir / "great_expectations") if report else None
             results = [run_one(settings, dataset, path, format, validator=validator)]
             typer.echo(results[0].line())

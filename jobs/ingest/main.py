@@ -274,6 +274,7 @@ def ingest_landing(
     """Ingest every dataset found in a landing folder (``<dir>/<dataset>``), referenced datasets first."""
     from data_contracts.suites import ContractValidator
 
+    get_spark(settings, APP_NAME)  # ours (with Delta) before GX could start a plain one
     validator = ContractValidator(settings.reports_dir / "great_expectations") if with_report else None
     results = []
     order = [d for d in input_datasets() if datasets is None or d in datasets]

@@ -14,10 +14,9 @@ QUICK_DATASETS = ["users", "follows", "posts"]
 
 
 def run(settings: DarkroomSettings, *, quick: bool) -> dict:
-    from jobs.generate.main import generate
-
     from darkroom.spark import get_spark
     from data_contracts.suites import ContractValidator
+    from jobs.generate.main import generate
     from jobs.ingest.main import ingest
 
     scale = "tiny" if quick else "small"
@@ -29,7 +28,7 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     landing = work / "landing"
     counts = generate(st, scale=scale, seed=seed, days=None, out_dir=landing)
     datasets = [d for d in input_datasets() if not quick or d in QUICK_DATASETS]
-    validator = ContractValidator(st.reports_dir / "great_expectations")
+    validator = ContractValidator(st)
 
     per_dataset = {}
     for i, name in enumerate(datasets, 1):

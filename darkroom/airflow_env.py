@@ -7,12 +7,17 @@ task equals the ``settings`` given here.
 
     from darkroom.airflow_env import run_dag_test
     run_dag_test(settings, "ingest", "2026-11-01", conf={"landing_dir": "/data/landing"})
+
+In a shell: ``eval "$(.venv/bin/python -m darkroom.airflow_env [--config F])"`` sets the same variables (and unsets
+stray ``DARKROOM_*`` / ``AIRFLOW__*`` ones); then ``airflow db migrate`` once, and ``airflow dags test ingest DATE``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -20,7 +25,7 @@ from datetime import date, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, DarkroomSettings
+from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, DarkroomSettings, load_settings
 
 DAGS_DIR = PROJECT_ROOT / "dags"
 _ENV_PREFIX = "DARKROOM_"
@@ -154,3 +159,27 @@ def run_dag_test(
         f"$ {' '.join(cmd)}\n# exit {proc.returncode} after {time.monotonic() - started:.1f}s\n{proc.stdout}"
     )
     return proc
+
+
+def shell_exports(settings: DarkroomSettings) -> str:
+    """``unset``/``export`` lines that turn the current shell's environment into ``subprocess_env(settings)``."""
+    wanted = airflow_env(settings)
+    stray = sorted(k for k in os.environ if (k.startswith(_DROPPED_PREFIXES) or k == CONFIG_ENV) and k not in wanted)
+    lines = [f"unset {k}" for k in stray]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in wanted.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m darkroom.airflow_env",
+        description='Print the shell lines that configure Airflow for darkroom\'s DAGs: eval "$(python -m ...)"',
+    )
+    parser.add_argument("--config", type=Path, default=None, help="settings YAML (else DARKROOM_CONFIG / local)")
+    args = parser.parse_args(argv)
+    print(shell_exports(load_settings(args.config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,7 +65,7 @@ def ingest(
     from data_contracts.checks import FileContractError
     from data_contracts.suites import ContractValidator
     from jobs.ingest.main import ingest as run_one
-    from jobs.ingest.main import ingest_landing
+    from jobs.ingest.main import ingest_landing, landing_path
 
     settings = _settings(config)
     if format not in (None, "parquet", "csv", "json"):
@@ -76,16 +76,8 @@ def ingest(
                 raise typer.BadParameter("--path needs --dataset")
             results = ingest_landing(settings, landing, with_report=report)
         else:
-            if path is None:
-                path = landing / dataset if landing else None
-            if path is None:
-                from darkroom.tables import table
-
-                path = table(f"landing.{dataset}").path(settings)
-            from darkroom.spark import get_spark
-
-            get_spark(settings, "ingest")  # ours (with Delta) before GX could start a plain one
-            validator = ContractValidator(settings.reports_dir / "great_expectations") if report else None
+            path = path or landing_path(settings, dataset, landing)
+            validator = ContractValidator(settings) if report else None
             results = [run_one(settings, dataset, path, format, validator=validator)]
             typer.echo(results[0].line())
     except FileContractError as e:
@@ -141,11 +133,10 @@ def demo(
     config: ConfigOpt = None,
 ) -> None:
     """The main job on embedded defaults: generate the world, ingest it through the contracts, print a summary."""
-    from jobs.generate.main import generate as run_generate
-
     from darkroom import lake
     from darkroom.spark import get_spark
     from darkroom.tables import dataset_table, table
+    from jobs.generate.main import generate as run_generate
     from jobs.ingest.main import ingest_landing
 
     settings = _settings(config)

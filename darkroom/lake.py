@@ -53,7 +53,6 @@ def merge_on_key(spark: SparkSession, t: Table, settings: DarkroomSettings, sour
 
     Returns the table version after the write. Re-running with the same source leaves the data unchanged.
     """
-    from delta.tables import DeltaTable
 
     target = ensure_table(spark, t, settings)
     source = with_partition_column(source, t)

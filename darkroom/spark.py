@@ -44,6 +44,8 @@ def spark_conf(settings: DarkroomSettings, app_name: str) -> dict[str, str]:
         conf["spark.local.dir"] = str(settings.spark_local_dir)
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+        # Delta reads its log with 50 partitions by default: most of the time of a small table's read or MERGE.
+        conf["spark.databricks.delta.snapshotPartitions"] = "2"
     conf.update(s.conf)
     return conf
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 
 from darkroom.contract_spec import Contract
+from darkroom.settings import DarkroomSettings
+from darkroom.spark import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +87,17 @@ class ValidationReport:
 
 
 class ContractValidator:
-    """Validates DataFrames against contract suites in the GX project under ``project_dir``; builds data docs."""
+    """Validates DataFrames against contract suites in the GX project under ``<reports>/great_expectations``, whose
+    data docs site is the HTML report."""
 
-    def __init__(self, project_dir: Path):
+    def __init__(self, settings: DarkroomSettings):
+        # Our session (with the Delta jars) must exist before GX would start a plain one of its own.
+        get_spark(settings, "validate")
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)  # before import: its registry is chatty
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        project_dir = settings.reports_dir / "great_expectations"
         project_dir.mkdir(parents=True, exist_ok=True)
         self._gx = gx
         self._context = gx.get_context(mode="file", project_root_dir=str(project_dir))

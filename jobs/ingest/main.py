@@ -262,6 +262,11 @@ def _record(spark, settings: DarkroomSettings, r: IngestResult, fmt: str, run_id
     lake.merge_on_key(spark, ledger, settings, row)
 
 
+def landing_path(settings: DarkroomSettings, dataset: str, landing_dir: Path | str | None = None) -> Path:
+    """Where a dataset's landing data is: ``<landing_dir>/<dataset>``, else the registry's landing path."""
+    return Path(landing_dir) / dataset if landing_dir else table(f"landing.{dataset}").path(settings)
+
+
 def ingest_landing(
     settings: DarkroomSettings,
     landing_dir: Path | None = None,
@@ -274,12 +279,11 @@ def ingest_landing(
     """Ingest every dataset found in a landing folder (``<dir>/<dataset>``), referenced datasets first."""
     from data_contracts.suites import ContractValidator
 
-    get_spark(settings, APP_NAME)  # ours (with Delta) before GX could start a plain one
-    validator = ContractValidator(settings.reports_dir / "great_expectations") if with_report else None
+    validator = ContractValidator(settings) if with_report else None
     results = []
     order = [d for d in input_datasets() if datasets is None or d in datasets]
     for i, name in enumerate(order, 1):
-        path = (landing_dir / name) if landing_dir else table(f"landing.{name}").path(settings)
+        path = landing_path(settings, name, landing_dir)
         if not path.exists():
             echo(f"[ingest {i}/{len(order)}] {name}: no landing data at {path}, skipped")
             continue

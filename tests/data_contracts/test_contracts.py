@@ -60,7 +60,7 @@ def test_suite_mirrors_every_rule_with_meta():
 
 
 @pytest.mark.integration
-def test_great_expectations_counts_match_quarantine_counts(spark, tmp_path):
+def test_great_expectations_counts_match_quarantine_counts(spark, settings, tmp_path):
     contract = load_contract("posts")
     rows = [
         (1, 10, T0, "ok", 1),
@@ -84,7 +84,9 @@ def test_great_expectations_counts_match_quarantine_counts(spark, tmp_path):
     }
     assert ours == {"range:media_count": 2, "max_length:caption": 1, "duplicate_key": 2, "not_null:post_id": 1}
 
-    report = ContractValidator(tmp_path / "gx").validate(contract, df, run_name="test")
+    report = ContractValidator(settings.model_copy(update={"state_dir": tmp_path})).validate(
+        contract, df, run_name="test"
+    )
     assert not report.success
     theirs = report.failed_rules()
     for rule in ("range:media_count", "max_length:caption", "not_null:post_id", "duplicate_key"):

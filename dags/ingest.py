@@ -1,0 +1,138 @@
+"""
+### ingest: landing files into bronze through their data contracts
+
+Every hour, each input dataset's landing file (or folder of part files) goes through its data contract
+(`data_contracts/contracts/<dataset>.yml`) into its Delta table: bronze, or the oracle layer for `oracle`.
+One task per dataset, `ingest_<dataset>`; a dataset runs after the datasets its contract references
+(`users` before `follows` and `posts`, `posts` before `media` and `impressions`, `impressions` before `oracle`...).
+Each task calls `jobs.ingest.main.ingest`.
+
+**What a task does**
+
+- **success**: the file was new; good rows were merged into the table, bad rows went to `quarantine.<dataset>`,
+  the file was recorded in `meta.ingest_ledger`. The return value (XCom) is the ingest result: rows, good,
+  quarantined per rule, table version, report path. The table's asset (`dags/assets.py`) gets an event.
+- **skipped**: no landing data for the dataset, the dataset is not in `params.datasets`, or the ledger already
+  holds this exact file (same checksum): nothing changed, so no asset event either.
+- **failed**: the file was refused (unreadable, wrong columns or types, a referenced table missing, or more bad
+  rows than `ingest.max_bad_fraction`): nothing was written. The error names the file and the reason; the
+  report link is in the message when there is one. Retries cannot help until a new file lands.
+
+**Params**
+
+- `landing_dir`: folder holding `<dataset>/` landing data; empty (the default) means the registry's landing
+  folder, `<state_dir>/landing/<dataset>`.
+- `datasets`: the datasets to ingest (default: all). A dataset left out is skipped; the others still run.
+
+**Reports**: the great-expectations data docs for each validated file are under
+`<state_dir>/reports/great_expectations` (the path is in each task's result and log line).
+
+**Run it locally**: `airflow dags test ingest 2026-11-01 -c '{"landing_dir": "/path/to/landing"}'` in the
+environment from `darkroom.airflow_env.airflow_env(settings)` (see `dags/README.md`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from dags.assets import ASSETS_BY_DATASET
+
+log = logging.getLogger(__name__)
+
+DATASETS = list(ASSETS_BY_DATASET)
+
+# Each dataset's task runs after the datasets its contract references (a test checks this against the contracts).
+UPSTREAM: dict[str, list[str]] = {
+    "users": [],
+    "follows": ["users"],
+    "posts": ["users"],
+    "stories": ["users"],
+    "dm_events": ["users"],
+    "feed_reads": ["users"],
+    "profile_visits": ["users"],
+    "media": ["posts"],
+    "impressions": ["users", "posts"],
+    "story_views": ["stories", "users"],
+    "media_access": ["media"],
+    "oracle": ["impressions"],
+}
+
+
+def log_failure(context) -> None:
+    """One line per failed task: which DAG, task and run, and why."""
+    ti = context["ti"]
+    log.error(
+        "darkroom task failed: dag=%s task=%s run=%s try=%s error=%s",
+        ti.dag_id,
+        ti.task_id,
+        context["run_id"],
+        ti.try_number,
+        context.get("exception"),
+    )
+
+
+@dag(
+    dag_id="ingest",
+    schedule="@hourly",
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["darkroom", "ingest", "bronze"],
+    default_args={
+        "owner": "darkroom",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+        "on_failure_callback": log_failure,
+    },
+    params={
+        "landing_dir": Param(
+            "", type="string", description="folder with <dataset>/ landing data; empty: <state_dir>/landing"
+        ),
+        "datasets": Param(
+            DATASETS,
+            type="array",
+            items={"type": "string", "enum": DATASETS},
+            description="datasets to ingest; the others are skipped",
+        ),
+    },
+)
+def ingest():
+    # A skipped upstream (no new file) must not skip its dependants; a failed one stops them.
+    @task(execution_timeout=timedelta(minutes=45), trigger_rule="none_failed", multiple_outputs=False)
+    def ingest_dataset(dataset: str) -> dict:
+        from darkroom.settings import load_settings
+        from data_contracts.suites import ContractValidator
+        from jobs.ingest import main as ingest_job
+
+        context = get_current_context()
+        params = context["params"]
+        if dataset not in params["datasets"]:
+            raise AirflowSkipException(f"{dataset}: not in params.datasets {params['datasets']}")
+        settings = load_settings()
+        path = ingest_job.landing_path(settings, dataset, params["landing_dir"])
+        if not path.exists():
+            raise AirflowSkipException(f"{dataset}: no landing data at {path}")
+        validator = ContractValidator(settings)
+        result = ingest_job.ingest(settings, dataset, path, run_id=context["run_id"], validator=validator)
+        if result.status == "skipped":
+            raise AirflowSkipException(result.line())
+        log.info("%s", result.line())
+        return result.as_dict()
+
+    tasks = {
+        name: ingest_dataset.override(task_id=f"ingest_{name}", outlets=[ASSETS_BY_DATASET[name]])(dataset=name)
+        for name in DATASETS
+    }
+    for name, upstream in UPSTREAM.items():
+        for up in upstream:
+            tasks[up] >> tasks[name]
+
+
+ingest()

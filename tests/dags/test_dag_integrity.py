@@ -1,0 +1,215 @@
+"""Every DAG file imports cleanly and follows the house rules; importing one does no work; the ingest DAG's edges are
+the contracts' references; the Airflow harness hands task processes exactly the caller's settings."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from darkroom.airflow_env import DAGS_DIR, airflow_env, settings_env, subprocess_env
+from darkroom.contract_spec import contract_names, load_contract
+from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, load_settings
+from darkroom.tables import dataset_table
+
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+HEAVY_MODULES = ("pyspark", "py4j", "delta", "great_expectations", "jobs", "data_contracts")
+
+
+_DAGBAG_PROBE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import Asset
+bag = DagBag(dag_folder=sys.argv[1], safe_mode=False)
+import dags.assets
+def asset(a):
+    return {"name": a.name, "uri": a.uri, "group": a.group}
+print(json.dumps({
+    "assets_by_dataset": {d: asset(a) for d, a in dags.assets.ASSETS_BY_DATASET.items()},
+    "asset_constants": {k: asset(a) for k, a in vars(dags.assets).items() if isinstance(a, Asset)},
+    "import_errors": bag.import_errors,
+    "dags": {
+        dag_id: {
+            "fileloc": dag.fileloc,
+            "tags": sorted(dag.tags),
+            "doc_md": dag.doc_md,
+            "catchup": dag.catchup,
+            "default_args": {k: v for k, v in dag.default_args.items() if isinstance(v, (int, float, str))},
+            "tasks": {
+                t.task_id: {
+                    "upstream": sorted(t.upstream_task_ids),
+                    "retries": t.retries,
+                    "retry_exponential_backoff": t.retry_exponential_backoff,
+                    "execution_timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                    "on_failure_callback": bool(t.on_failure_callback),
+                    "outlets": [asset(a) for a in t.outlets],
+                }
+                for t in dag.tasks
+            },
+        }
+        for dag_id, dag in bag.dags.items()
+    },
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def dagbag(settings, tmp_path_factory) -> dict:
+    """dags/ parsed by Airflow's DagBag, and dags/assets.py, in a subprocess configured by ``airflow_env``; returns a
+    plain summary. Airflow's import sets up its home and logging, so it stays out of the test process (and nothing
+    imports dags)."""
+    dag_settings = load_settings(state_dir=tmp_path_factory.mktemp("dagbag-state"), jars_path=settings.jars_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DAGBAG_PROBE, str(DAGS_DIR)],
+        env=subprocess_env(dag_settings),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_dag_file_imports_without_errors(dagbag):
+    assert dagbag["import_errors"] == {}
+    assert dagbag["dags"], "no DAG found in dags/"
+
+
+def test_dags_follow_the_house_rules(dagbag):
+    for dag_id, dag in dagbag["dags"].items():
+        assert dag_id == Path(dag["fileloc"]).stem, f"{dag_id} is in {dag['fileloc']}: file name must equal dag_id"
+        assert dag["tags"], f"{dag_id}: no tags"
+        assert dag["doc_md"] and len(dag["doc_md"].strip()) > 200, f"{dag_id}: doc_md must say what the DAG does"
+        assert dag["catchup"] is False, f"{dag_id}: catchup must be False"
+        assert dag["default_args"].get("retries", 0) >= 2, f"{dag_id}: default_args retries < 2"
+        for task_id, t in dag["tasks"].items():
+            assert t["retries"] >= 2, f"{dag_id}.{task_id}: retries {t['retries']} < 2"
+            assert t["retry_exponential_backoff"] > 0, f"{dag_id}.{task_id}: no retry back-off"
+            assert t["execution_timeout"], f"{dag_id}.{task_id}: no execution_timeout"
+            assert t["on_failure_callback"], f"{dag_id}.{task_id}: no on_failure_callback"
+
+
+def test_one_dag_per_file(dagbag):
+    files = [Path(d["fileloc"]).name for d in dagbag["dags"].values()]
+    assert len(files) == len(set(files)), files
+
+
+def test_ingest_has_one_task_per_contract_with_its_asset(dagbag):
+    tasks = dagbag["dags"]["ingest"]["tasks"]
+    assert sorted(tasks) == sorted(f"ingest_{d}" for d in contract_names())
+    for d in contract_names():
+        t = dataset_table(d)
+        assert tasks[f"ingest_{d}"]["outlets"] == [
+            {"name": t.qualified_name, "uri": f"x-darkroom://{t.layer}/{t.name}", "group": t.layer}
+        ]
+
+
+def test_ingest_edges_are_the_contract_references(dagbag):
+    got = {task_id: t["upstream"] for task_id, t in dagbag["dags"]["ingest"]["tasks"].items()}
+    expected = {
+        f"ingest_{d}": sorted({f"ingest_{r.table}" for r in load_contract(d).references if r.table != d})
+        for d in contract_names()
+    }
+    assert got == expected
+
+
+def test_assets_name_the_registry_tables(dagbag):
+    by_dataset = dagbag["assets_by_dataset"]
+    assert sorted(by_dataset) == contract_names()
+    for d, asset in by_dataset.items():
+        t = dataset_table(d)
+        assert asset == {"name": t.qualified_name, "uri": f"x-darkroom://{t.layer}/{t.name}", "group": t.layer}
+    # Every constant is wired, and each names a different table.
+    constants = list(dagbag["asset_constants"].values())
+    assert sorted(a["uri"] for a in constants) == sorted(a["uri"] for a in by_dataset.values())
+    assert len({a["uri"] for a in constants}) == len(constants)
+
+
+_IMPORT_PROBE = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("dag_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+heavy = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in json.loads(sys.argv[2])})
+print(json.dumps(heavy))
+"""
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_importing_a_dag_file_does_no_work(dag_file, tmp_path):
+    """No settings are loaded (the config file named does not exist, so loading would raise), nothing is created in
+    the state folder, and no heavy module is imported."""
+    missing = tmp_path / "no-such-state"
+    # Airflow itself writes its config and log folder at import: give it a home outside the state folder.
+    env = subprocess_env(load_settings(state_dir=tmp_path / "airflow-side"))
+    env.update(settings_env(load_settings(state_dir=missing)))
+    env[CONFIG_ENV] = str(tmp_path / "no-such-config.yml")
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, str(dag_file), json.dumps(HEAVY_MODULES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert not missing.exists()
+
+
+_SETTINGS_PROBE = "from darkroom.settings import load_settings; print(load_settings().model_dump_json())"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "jars_path": "/opt/jars",
+            "redis_url": "redis://cache:6380/2",
+            "spark": {"master": "local[3]", "shuffle_partitions": 3, "ui": True, "conf": {"spark.x": "1"}},
+            "world": {"scale": "tiny", "seed": 11, "days": 9, "end": "2026-12-24T06:30:00+00:00"},
+            "ingest": {"max_bad_fraction": 0.2},
+        },
+    ],
+    ids=["defaults", "everything-changed"],
+)
+def test_task_processes_rebuild_the_same_settings(tmp_path, monkeypatch, overrides):
+    # A stray variable in the caller's shell must not leak into the task's settings.
+    monkeypatch.setenv("DARKROOM_SPARK__MASTER", "local[7]")
+    ours = load_settings(state_dir=tmp_path / "state", **overrides)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SETTINGS_PROBE], env=subprocess_env(ours), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == json.loads(ours.model_dump_json())
+
+
+def test_airflow_env_points_at_the_state_folder(settings):
+    env = airflow_env(settings)
+    assert env["AIRFLOW_HOME"] == str(settings.airflow_home)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(PROJECT_ROOT / "dags")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{settings.airflow_home}/airflow.db"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["PYTHONPATH"].split(":")[0] == str(PROJECT_ROOT)
+
+
+def test_shell_exports_give_the_same_settings(tmp_path, monkeypatch):
+    config = tmp_path / "darkroom.yml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nworld:\n  scale: tiny\n  seed: 3\n")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    monkeypatch.setenv("DARKROOM_SPARK__MASTER", "local[7]")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")  # stray: must be unset
+    expected = load_settings()
+    script = (
+        f'eval "$({shlex.quote(sys.executable)} -m darkroom.airflow_env)" && '
+        f'test -z "${{AIRFLOW__CORE__EXECUTOR+x}}" && {shlex.quote(sys.executable)} -c {shlex.quote(_SETTINGS_PROBE)}'
+    )
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == json.loads(expected.model_dump_json())
+    assert expected.spark.master == "local[7]" and expected.world.seed == 3

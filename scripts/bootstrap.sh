@@ -50,6 +50,11 @@ else
   log "venv up to date ($venv)"
 fi
 
+# Every top-level package of the repo (darkroom, jobs, dags, bench, ...) is importable from the venv, including
+# packages added after the editable install.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$here" > "$site/darkroom-project.pth"
+
 # --- 3. the Delta jars -------------------------------------------------------------------------------------------
 "$venv/bin/python" -m darkroom.jars --state-dir "$state_dir"
 log "ready: venv $venv, state $state_dir"

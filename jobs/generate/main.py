@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC
 from pathlib import Path
 
 from darkroom.settings import DarkroomSettings, load_settings
@@ -23,14 +24,31 @@ from jobs.generate import transform as T
 
 APP_NAME = "generate"
 DATASETS: tuple[str, ...] = (
-    "users", "follows", "posts", "media", "media_access", "feed_reads", "impressions", "oracle", "stories",
-    "story_views", "profile_visits", "dm_events",
+    "users",
+    "follows",
+    "posts",
+    "media",
+    "media_access",
+    "feed_reads",
+    "impressions",
+    "oracle",
+    "stories",
+    "story_views",
+    "profile_visits",
+    "dm_events",
 )
 # What each dataset is derived from (internal frames), so a partial run builds only what it needs.
 _NEEDS: dict[str, set[str]] = {
-    "follows": {"edges"}, "posts": {"posts"}, "media": {"media"}, "media_access": {"media"},
-    "impressions": {"edges", "posts", "impressions"}, "oracle": {"edges", "posts", "impressions"},
-    "stories": {"stories"}, "story_views": {"edges", "stories"}, "profile_visits": {"edges"}, "dm_events": {"edges"},
+    "follows": {"edges"},
+    "posts": {"posts"},
+    "media": {"media"},
+    "media_access": {"media"},
+    "impressions": {"edges", "posts", "impressions"},
+    "oracle": {"edges", "posts", "impressions"},
+    "stories": {"stories"},
+    "story_views": {"edges", "stories"},
+    "profile_visits": {"edges"},
+    "dm_events": {"edges"},
 }
 
 
@@ -57,6 +75,7 @@ def generate(
     out_dir: Path | None,
     spark=None,
     datasets: Iterable[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, int]:
     """Generate the world and return rows written per dataset (in write order); ``datasets`` limits what is written."""
     wanted = tuple(DATASETS if datasets is None else datasets)
@@ -72,8 +91,11 @@ def generate(
 
     counts: dict[str, int] = {}
     started = time.perf_counter()
-    print(f"generate: scale={scale} seed={seed} days={world.days} users={world.n:,} "
-          f"window {_iso(world.start_ms)} .. {_iso(world.end_ms)}", flush=True)
+    print(
+        f"generate: scale={scale} seed={seed} days={world.days} users={world.n:,} "
+        f"window {_iso(world.start_ms)} .. {_iso(world.end_ms)}",
+        flush=True,
+    )
 
     def write(name: str, build: Callable[[], object]) -> None:
         if name not in wanted:
@@ -85,6 +107,8 @@ def generate(
         rows = spark.read.parquet(str(target)).count()
         secs = time.perf_counter() - t0
         counts[name] = rows
+        if timings is not None:
+            timings[name] = secs
         print(f"  {name:<15} {rows:>12,} rows {secs:7.1f}s {rows / max(secs, 1e-9):>12,.0f} rows/s", flush=True)
 
     n_parts = max(spark.sparkContext.defaultParallelism, world.n // 50_000)
@@ -130,9 +154,9 @@ def generate(
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,10 +63,6 @@ def shard_for_user(user_id: int, n_logical_shards: int = N_SHARDS) -> int:
     return shard_of(user_id) % n_logical_shards
 
 
-def to_datetime(id_: int) -> datetime:
-    return decode(id_).created_at
-
-
 # --- Spark column forms (imported lazily so the core stays light) -------------------------------------------------
 def encode_col(unix_ms, shard, seq):
     """Spark Column: the same arithmetic as ``encode`` (inputs are Columns of longs)."""

@@ -52,12 +52,10 @@ class WorldSettings(_Strict):
     days: int | None = Field(None, ge=1, le=366, description="days of event logs; default per scale")
     # The world's clock stops here: no wall-clock time enters generated data.
     end: datetime = datetime(2026, 11, 1, tzinfo=UTC)
-    media_bytes_scale: float = Field(1.0 / 256, gt=0, le=1, description="blob bytes = media bytes x this")
 
 
 class IngestSettings(_Strict):
     max_bad_fraction: float = Field(0.05, ge=0, le=1, description="more bad rows than this fails the whole file")
-    quarantine_sample_in_report: int = Field(20, ge=0)
 
 
 class DarkroomSettings(BaseSettings):

@@ -74,10 +74,6 @@ def conform(raw: DataFrame, contract: Contract, *, source: str, all_strings: boo
     )
 
 
-def _lit_list(values: list[str]) -> str:
-    return ", ".join(values)
-
-
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -123,7 +119,7 @@ def _column_rules(contract: Contract, typed_from_strings: bool) -> list[tuple[st
                 (
                     f"accepted_values:{c.name}",
                     F.coalesce(~col.isin(c.accepted_values), F.lit(False)),
-                    F.concat(F.lit(f"{c.name}='"), shown, F.lit(f"' is not one of {_lit_list(c.accepted_values)}")),
+                    F.concat(F.lit(f"{c.name}='"), shown, F.lit(f"' is not one of {', '.join(c.accepted_values)}")),
                 )
             )
         if c.max_length:

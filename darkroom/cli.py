@@ -180,6 +180,78 @@ def demo(
     typer.echo(f"done in {summary['seconds']:.0f}s")
 
 
+dbt_app = typer.Typer(help="The dbt project (dbt/) with darkroom's Spark session; every window ends at --as-of.")
+app.add_typer(dbt_app, name="dbt")
+
+SelectOpt = Annotated[list[str] | None, typer.Option("--select", "-s", help="dbt selection (repeatable)")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="dbt exclusion (repeatable)")]
+AsOfOpt = Annotated[
+    str | None, typer.Option("--as-of", help="end of the data interval, UTC ISO time (default: bronze's high-water mark)")
+]
+
+
+def _dbt(command: str, config, select=None, exclude=None, as_of=None, full_refresh=False) -> None:
+    from darkroom.dbt_runner import DbtRunError, parse_as_of, run_dbt
+
+    settings = _settings(config)
+    try:
+        when = parse_as_of(as_of) if as_of else None
+        summary = run_dbt(
+            settings, command, select=select, exclude=exclude, as_of=when, full_refresh=full_refresh
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    except DbtRunError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(summary.line())
+    if command == "docs":
+        typer.echo(f"docs: {Path(summary.target_dir) / 'index.html'} (serve with `.venv/bin/dbt docs serve "
+                   f"--project-dir dbt --target-path {summary.target_dir}`)")
+
+
+@dbt_app.command("build")
+def dbt_build(
+    select: SelectOpt = None,
+    exclude: ExcludeOpt = None,
+    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="rebuild incremental models")] = False,
+    as_of: AsOfOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Build models, run unit and data tests, in DAG order (dbt build)."""
+    _dbt("build", config, select, exclude, as_of, full_refresh)
+
+
+@dbt_app.command("run")
+def dbt_run(
+    select: SelectOpt = None,
+    exclude: ExcludeOpt = None,
+    full_refresh: Annotated[bool, typer.Option("--full-refresh", help="rebuild incremental models")] = False,
+    as_of: AsOfOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Build models without tests (dbt run)."""
+    _dbt("run", config, select, exclude, as_of, full_refresh)
+
+
+@dbt_app.command("test")
+def dbt_test(select: SelectOpt = None, exclude: ExcludeOpt = None, as_of: AsOfOpt = None, config: ConfigOpt = None):
+    """Run the data and unit tests (dbt test)."""
+    _dbt("test", config, select, exclude, as_of)
+
+
+@dbt_app.command("docs")
+def dbt_docs(as_of: AsOfOpt = None, config: ConfigOpt = None) -> None:
+    """Generate the dbt docs site (lineage, columns, tests) and print its path."""
+    _dbt("docs", config, as_of=as_of)
+
+
+@dbt_app.command("freshness")
+def dbt_freshness(select: SelectOpt = None, config: ConfigOpt = None) -> None:
+    """Check the freshness of the bronze sources (dbt source freshness) against the wall clock."""
+    _dbt("source", config, select)
+
+
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (generate, ingest)")],

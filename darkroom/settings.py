@@ -58,6 +58,16 @@ class IngestSettings(_Strict):
     max_bad_fraction: float = Field(0.05, ge=0, le=1, description="more bad rows than this fails the whole file")
 
 
+class DbtSettings(_Strict):
+    """Knobs of the dbt project, passed to it as vars (the run's as_of comes from the data interval, not here)."""
+
+    lookback_days: int = Field(3, ge=1, le=90, description="incremental models re-state this many days before their high-water mark")
+    active_window_days: int = Field(7, ge=1, le=90, description="a follower is active with a feed read in this window")
+    affinity_half_life_days: float = Field(7.0, gt=0, description="half-life of viewer-author interactions")
+    dwell_threshold_ms: int = Field(10_000, ge=0, description="the dwell head's label: dwell above this")
+    post_feature_horizon_days: int = Field(30, ge=1, le=366, description="daily post features while younger than this")
+
+
 class DarkroomSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DARKROOM_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
@@ -71,6 +81,7 @@ class DarkroomSettings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     world: WorldSettings = WorldSettings()
     ingest: IngestSettings = IngestSettings()
+    dbt: DbtSettings = DbtSettings()
 
     @field_validator("state_dir")
     @classmethod
@@ -108,6 +119,11 @@ class DarkroomSettings(BaseSettings):
     @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
+
+    @property
+    def dbt_dir(self) -> Path:
+        """dbt's target (manifest, run results, docs), logs and the Hive metastore of its catalog."""
+        return self.state_dir / "dbt"
 
     @property
     def spark_local_dir(self) -> Path:

@@ -11,15 +11,19 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import yaml
+
 from darkroom.contract_spec import contract_names, load_contract
+from darkroom.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
     from darkroom.settings import DarkroomSettings
 
-Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "silver", "gold"]
+Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts"]
 PARTITION_COLUMN = "dt"
+DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ QUARANTINE_DDL = (
     "quarantined_at TIMESTAMP NOT NULL, row_key STRING, rules ARRAY<STRING> NOT NULL, reasons ARRAY<STRING> NOT NULL, "
     "row_json STRING NOT NULL"
 )
+PLACEMENT_DDL = "media_id BIGINT NOT NULL, tier STRING NOT NULL, placed_at TIMESTAMP NOT NULL"
 LEDGER_DDL = (
     "dataset STRING NOT NULL, source_checksum STRING NOT NULL, source_file STRING NOT NULL, "
     "file_format STRING NOT NULL, rows BIGINT NOT NULL, good_rows BIGINT NOT NULL, quarantined_rows BIGINT NOT NULL, "
@@ -85,7 +90,36 @@ def _registry() -> dict[str, Table]:
     tables["meta.ingest_ledger"] = Table(
         name="ingest_ledger", layer="meta", key=("dataset", "source_checksum"), _schema_ddl=LEDGER_DDL
     )
+    # Written by the blob catalog (storage tiering); dbt reads it for each media's current tier.
+    tables["meta.media_placement"] = Table(
+        name="media_placement", layer="meta", key=("media_id",), _schema_ddl=PLACEMENT_DDL
+    )
+    for layer, name, key in dbt_model_tables():
+        tables[f"{layer}.{name}"] = Table(name=name, layer=layer, key=key)
     return tables
+
+
+def dbt_model_tables() -> list[tuple[Layer, str, tuple[str, ...]]]:
+    """The Delta tables the dbt project writes (intermediate and marts), with the key its tests declare.
+
+    Read from each model's ``.yml``: the model-level ``unique_key`` test, else the column tested ``unique``.
+    """
+    out: list[tuple[Layer, str, tuple[str, ...]]] = []
+    for layer in ("intermediate", "marts"):
+        for path in sorted((DBT_MODELS_DIR / layer).glob("*.yml")):
+            for model in (yaml.safe_load(path.read_text()) or {}).get("models", []):
+                out.append((layer, model["name"], _declared_key(model, path)))
+    return out
+
+
+def _declared_key(model: dict, path: Path) -> tuple[str, ...]:
+    for test in model.get("data_tests", []):
+        if isinstance(test, dict) and "unique_key" in test:
+            return tuple(test["unique_key"]["arguments"]["columns"])
+    for column in model.get("columns", []):
+        if "unique" in (column.get("data_tests") or []):
+            return (column["name"],)
+    raise ValueError(f"{path}: model {model['name']} declares no key (a unique_key test or a unique column)")
 
 
 def table(qualified_name: str) -> Table:

@@ -1,0 +1,30 @@
+{#- Time windows end at the run's as_of (the end of its data interval), never at the wall clock. -#}
+
+{% macro as_of() -%}
+    {%- set value = var('as_of', none) -%}
+    {%- if value is none -%}
+        {{ exceptions.raise_compiler_error("var 'as_of' is required: run dbt through `darkroom dbt`, or pass --vars '{as_of: \"YYYY-MM-DD HH:MM:SS\"}'") }}
+    {%- endif -%}
+    timestamp'{{ value }}'
+{%- endmacro %}
+
+{#- The last (possibly partial) day of the interval: as_of at midnight means the day before. -#}
+{% macro as_of_date() -%}
+    to_date({{ as_of() }} - interval 1 microsecond)
+{%- endmacro %}
+
+{#- The first day of an n-day window that ends with as_of_date(). -#}
+{% macro window_start_date(days) -%}
+    date_sub({{ as_of_date() }}, {{ days }} - 1)
+{%- endmacro %}
+
+{#-
+  Incremental models re-state every day from `lookback_days` before their high-water mark (or before as_of, when
+  a backfill runs an earlier interval), so late rows are merged in and a re-run gives the same rows.
+-#}
+{% macro incremental_start_date(date_column) -%}
+    date_sub(
+        least(coalesce((select max({{ date_column }}) from {{ this }}), {{ as_of_date() }}), {{ as_of_date() }}),
+        {{ var('lookback_days') }}
+    )
+{%- endmacro %}

@@ -1,0 +1,86 @@
+"""The tiny world through bronze and the dbt project, built the way a week of runs would build it.
+
+``dbt_world`` runs, in one state folder of its own (dbt runs in a child process with its own Spark and metastore):
+1. ``dbt run --full-refresh`` as of one day before the world's end (day one),
+2. ``dbt run`` as of the end (an incremental day),
+3. ``dbt build --full-refresh`` as of the end (models, unit tests, data tests),
+and records each incremental model's Delta version after step 2, so tests can compare the incremental rows with
+the full refresh's. Mart checks read the tables by path from the test's own Spark session.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from darkroom.dbt_runner import DbtRunSummary, run_dbt
+from darkroom.settings import DarkroomSettings, load_settings
+from darkroom.tables import table
+
+WORLD_END = datetime(2026, 11, 1, tzinfo=UTC)
+DAY_ONE = WORLD_END - timedelta(days=1)
+
+
+def incremental_models(settings: DarkroomSettings) -> list[str]:
+    """``schema.name`` of every incremental model, from the manifest of the last dbt run."""
+    manifest = json.loads((settings.dbt_dir / "target" / "manifest.json").read_text())
+    return sorted(
+        f"{n['schema']}.{n['name']}"
+        for n in manifest["nodes"].values()
+        if n["resource_type"] == "model" and n["config"]["materialized"] == "incremental"
+    )
+
+
+@dataclass
+class DbtWorld:
+    settings: DarkroomSettings
+    as_of: datetime
+    build: DbtRunSummary
+    incremental_versions: dict[str, int]
+
+    def read(self, spark, qualified_name: str, version: int | None = None):
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(table(qualified_name).uri(self.settings))
+
+    def bronze(self, spark, name: str):
+        return self.read(spark, f"bronze.{name}")
+
+
+@pytest.fixture(scope="session")
+def dbt_settings(settings, tmp_path_factory) -> DarkroomSettings:
+    return load_settings(
+        state_dir=tmp_path_factory.mktemp("dbt-state"),
+        jars_path=settings.jars_dir,
+        spark=settings.spark.model_dump(),
+        world=settings.world.model_dump(),
+    )
+
+
+@pytest.fixture(scope="session")
+def dbt_bronze(dbt_settings, spark) -> DarkroomSettings:
+    """The tiny world (seed 7) generated and ingested into the dbt state's bronze."""
+    from jobs.generate.main import generate
+    from jobs.ingest.main import ingest_landing
+
+    generate(dbt_settings, scale="tiny", seed=7, days=None, out_dir=dbt_settings.landing_dir, spark=spark)
+    ingest_landing(dbt_settings, with_report=False, echo=lambda *_: None)
+    return dbt_settings
+
+
+@pytest.fixture(scope="session")
+def dbt_world(dbt_bronze, spark) -> DbtWorld:
+    from delta.tables import DeltaTable
+
+    s = dbt_bronze
+    run_dbt(s, "run", full_refresh=True, as_of=DAY_ONE)
+    run_dbt(s, "run", as_of=WORLD_END)
+    versions = {
+        q: DeltaTable.forPath(spark, table(q).uri(s)).history(1).collect()[0]["version"] for q in incremental_models(s)
+    }
+    summary = run_dbt(s, "build", full_refresh=True, as_of=WORLD_END)
+    return DbtWorld(settings=s, as_of=WORLD_END, build=summary, incremental_versions=versions)

@@ -45,3 +45,29 @@ ASSETS_BY_DATASET: dict[str, Asset] = {
     "profile_visits": BRONZE_PROFILE_VISITS,
     "oracle": ORACLE,
 }
+
+# Marts: the dbt project's tables the jobs read (written by the dbt_build DAG; names are dbt model names).
+FCT_MEDIA_ACCESS_DAILY = _table_asset("marts", "fct_media_access_daily")
+DIM_MEDIA_TIERING = _table_asset("marts", "dim_media_tiering")
+FCT_AUTHOR_FANOUT_STATS = _table_asset("marts", "fct_author_fanout_stats")
+FCT_USER_READ_ACTIVITY = _table_asset("marts", "fct_user_read_activity")
+FCT_ENGAGEMENT_LABELS = _table_asset("marts", "fct_engagement_labels")
+DIM_USER_FEATURES = _table_asset("marts", "dim_user_features")
+DIM_POST_FEATURES = _table_asset("marts", "dim_post_features")
+FCT_VIEWER_AUTHOR_AFFINITY = _table_asset("marts", "fct_viewer_author_affinity")
+FCT_STORY_RING_SIGNALS = _table_asset("marts", "fct_story_ring_signals")
+
+MART_ASSETS: dict[str, Asset] = {
+    a.name.split(".", 1)[1]: a
+    for a in (
+        FCT_MEDIA_ACCESS_DAILY,
+        DIM_MEDIA_TIERING,
+        FCT_AUTHOR_FANOUT_STATS,
+        FCT_USER_READ_ACTIVITY,
+        FCT_ENGAGEMENT_LABELS,
+        DIM_USER_FEATURES,
+        DIM_POST_FEATURES,
+        FCT_VIEWER_AUTHOR_AFFINITY,
+        FCT_STORY_RING_SIGNALS,
+    )
+}

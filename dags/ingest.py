@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from dags._defaults import default_args
 from dags.assets import ASSETS_BY_DATASET
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,6 @@ UPSTREAM: dict[str, list[str]] = {
 }
 
 
-def log_failure(context) -> None:
-    """One line per failed task: which DAG, task and run, and why."""
-    ti = context["ti"]
-    log.error(
-        "darkroom task failed: dag=%s task=%s run=%s try=%s error=%s",
-        ti.dag_id,
-        ti.task_id,
-        context["run_id"],
-        ti.try_number,
-        context.get("exception"),
-    )
-
-
 @dag(
     dag_id="ingest",
     schedule="@hourly",
@@ -83,14 +71,7 @@ def log_failure(context) -> None:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["darkroom", "ingest", "bronze"],
-    default_args={
-        "owner": "darkroom",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=15),
-        "on_failure_callback": log_failure,
-    },
+    default_args=default_args(),
     params={
         "landing_dir": Param(
             "", type="string", description="folder with <dataset>/ landing data; empty: <state_dir>/landing"
@@ -124,6 +105,9 @@ def ingest():
         if result.status == "skipped":
             raise AirflowSkipException(result.line())
         log.info("%s", result.line())
+        # Consumers (dbt_build) compute their windows as of the end of the data interval this data belongs to.
+        interval_end = context["data_interval_end"] or context["logical_date"]
+        context["outlet_events"][ASSETS_BY_DATASET[dataset]].extra = {"data_interval_end": interval_end.isoformat()}
         return result.as_dict()
 
     tasks = {

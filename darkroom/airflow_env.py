@@ -66,6 +66,8 @@ def airflow_env(settings: DarkroomSettings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": str(settings.airflow.task_retries),
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": str(settings.airflow.retry_delay_seconds),
         # Four slashes: sqlite:// plus an absolute path.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_db_path(settings)}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),

@@ -186,7 +186,7 @@ app.add_typer(dbt_app, name="dbt")
 SelectOpt = Annotated[list[str] | None, typer.Option("--select", "-s", help="dbt selection (repeatable)")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="dbt exclusion (repeatable)")]
 AsOfOpt = Annotated[
-    str | None, typer.Option("--as-of", help="end of the data interval, UTC ISO time (default: bronze's high-water mark)")
+    str | None, typer.Option("--as-of", help="end of the data interval, UTC ISO (default: bronze's high-water mark)")
 ]
 
 
@@ -196,9 +196,7 @@ def _dbt(command: str, config, select=None, exclude=None, as_of=None, full_refre
     settings = _settings(config)
     try:
         when = parse_as_of(as_of) if as_of else None
-        summary = run_dbt(
-            settings, command, select=select, exclude=exclude, as_of=when, full_refresh=full_refresh
-        )
+        summary = run_dbt(settings, command, select=select, exclude=exclude, as_of=when, full_refresh=full_refresh)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     except DbtRunError as e:
@@ -206,8 +204,10 @@ def _dbt(command: str, config, select=None, exclude=None, as_of=None, full_refre
         raise typer.Exit(1) from None
     typer.echo(summary.line())
     if command == "docs":
-        typer.echo(f"docs: {Path(summary.target_dir) / 'index.html'} (serve with `.venv/bin/dbt docs serve "
-                   f"--project-dir dbt --target-path {summary.target_dir}`)")
+        typer.echo(
+            f"docs: {Path(summary.target_dir) / 'index.html'} (serve with `.venv/bin/dbt docs serve "
+            f"--project-dir dbt --target-path {summary.target_dir}`)"
+        )
 
 
 @dbt_app.command("build")
@@ -246,6 +246,20 @@ def dbt_docs(as_of: AsOfOpt = None, config: ConfigOpt = None) -> None:
     _dbt("docs", config, as_of=as_of)
 
 
+@dbt_app.command("lint")
+def dbt_lint(
+    paths: Annotated[list[str] | None, typer.Argument(help="files or folders under dbt/ (default: models)")] = None,
+    fix: Annotated[bool, typer.Option("--fix", help="apply sqlfluff's fixes")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """sqlfluff over the models (Spark dialect, dbt templater); exit 1 on any violation."""
+    from darkroom.dbt_runner import lint
+
+    code, report = lint(_settings(config), paths, fix=fix)
+    typer.echo(report.rstrip())
+    raise typer.Exit(code)
+
+
 @dbt_app.command("freshness")
 def dbt_freshness(select: SelectOpt = None, config: ConfigOpt = None) -> None:
     """Check the freshness of the bronze sources (dbt source freshness) against the wall clock."""
@@ -254,7 +268,7 @@ def dbt_freshness(select: SelectOpt = None, config: ConfigOpt = None) -> None:
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (generate, ingest)")],
+    name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (generate, ingest, dbt_build)")],
     quick: Annotated[bool, typer.Option("--quick", help="small parameters, finishes within a minute")] = False,
     config: ConfigOpt = None,
 ) -> None:

@@ -105,11 +105,15 @@ def hive_conf(settings: DarkroomSettings) -> dict[str, str]:
     metastore = settings.dbt_dir / "metastore"
     return {
         "spark.sql.catalogImplementation": "hive",
-        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={metastore}/metastore_db;create=true",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": _derby_url(metastore / "metastore_db"),
         "spark.hadoop.hive.exec.scratchdir": str(settings.dbt_dir / "hive-scratch"),
         "spark.hadoop.hive.exec.local.scratchdir": str(settings.dbt_dir / "hive-scratch-local"),
         "spark.hadoop.hive.metastore.schema.verification": "false",
     }
+
+
+def _derby_url(path: Path) -> str:
+    return f"jdbc:derby:;databaseName={path};create=true"
 
 
 def dbt_env(settings: DarkroomSettings) -> dict[str, str]:
@@ -318,6 +322,33 @@ def run_dbt(
         summary.error = f"the dbt process exited with code {proc.returncode}"
         summary.success = False
     return summary.raise_for_failures() if check else summary
+
+
+def lint(settings: DarkroomSettings, paths: list[str] | None = None, *, fix: bool = False) -> tuple[int, str]:
+    """sqlfluff (Spark dialect, dbt templater) over the project's models; returns (exit code, report).
+
+    The dbt templater compiles the project, and ``is_incremental()`` opens a Spark session to look for the model's
+    table: that session gets a throw-away catalog under ``<state>/dbt/lint`` (never the real metastore), so linting
+    needs no data and cannot touch the lake.
+    """
+    home = settings.dbt_dir / "lint"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **dbt_env(settings), "DBT_TARGET_PATH": str(home / "target")}
+    env["PYSPARK_SUBMIT_ARGS"] = " ".join(
+        [
+            "--master local[1]",
+            f"--conf spark.driver.extraJavaOptions=-Dderby.system.home={home}",
+            f"--conf spark.sql.warehouse.dir={home / 'warehouse'}",
+            f"--conf spark.hadoop.javax.jdo.option.ConnectionURL={_derby_url(home / 'metastore_db')}",
+            "--conf spark.ui.enabled=false",
+            "pyspark-shell",
+        ]
+    )
+    sqlfluff = str(Path(sys.executable).with_name("sqlfluff"))
+    cmd = [sqlfluff, "fix" if fix else "lint", *(paths or ["models"]), "--nocolor", "--disable-progress-bar"]
+    proc = subprocess.run(cmd, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+    # stderr carries the JVM's start-up noise; it only matters when sqlfluff itself failed to run.
+    return proc.returncode, proc.stdout + (proc.stderr if proc.returncode not in (0, 1) else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,11 +61,18 @@ class IngestSettings(_Strict):
 class DbtSettings(_Strict):
     """Knobs of the dbt project, passed to it as vars (the run's as_of comes from the data interval, not here)."""
 
-    lookback_days: int = Field(3, ge=1, le=90, description="incremental models re-state this many days before their high-water mark")
+    lookback_days: int = Field(3, ge=1, le=90, description="incremental models re-state these days before their last")
     active_window_days: int = Field(7, ge=1, le=90, description="a follower is active with a feed read in this window")
     affinity_half_life_days: float = Field(7.0, gt=0, description="half-life of viewer-author interactions")
     dwell_threshold_ms: int = Field(10_000, ge=0, description="the dwell head's label: dwell above this")
     post_feature_horizon_days: int = Field(30, ge=1, le=366, description="daily post features while younger than this")
+
+
+class AirflowSettings(_Strict):
+    """Airflow's defaults for every darkroom task (a DAG or task may still set its own)."""
+
+    task_retries: int = Field(2, ge=0, le=10, description="retries of a failed task (with exponential back-off)")
+    retry_delay_seconds: int = Field(60, ge=0, description="first retry delay; doubles per try up to 15 minutes")
 
 
 class DarkroomSettings(BaseSettings):
@@ -82,6 +89,7 @@ class DarkroomSettings(BaseSettings):
     world: WorldSettings = WorldSettings()
     ingest: IngestSettings = IngestSettings()
     dbt: DbtSettings = DbtSettings()
+    airflow: AirflowSettings = AirflowSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -1,0 +1,81 @@
+"""dbt: a full build against an incremental run after one more day of data.
+
+A world is generated and ingested into a bronze of the benchmark's own (not timed), then, timed, each through
+``darkroom.dbt_runner.run_dbt`` (a child process with its own Spark session, as the CLI and the DAG run it):
+1. ``dbt build --full-refresh`` as of one day before the world's end (every model, unit test and data test),
+2. ``dbt build`` as of the world's end: the incremental day (incremental models merge only the last
+   ``dbt.lookback_days`` days; tables and tests run again).
+``ratio`` = incremental wall time / full-build wall time (the issue asks that an incremental day cost a small
+fraction of a full build). Wall times include the child's Spark start-up, which both pay once; the sum of dbt's
+own node timings is reported beside them.
+
+Full: the ``small`` world and the whole project. ``--quick``: the tiny world, only the media datasets and
+``+fct_media_access_daily``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import timedelta
+
+from darkroom.settings import DarkroomSettings
+
+QUICK_DATASETS = ["users", "posts", "media", "media_access"]
+QUICK_SELECT = ["+fct_media_access_daily"]
+
+
+def _timed(st, full_refresh: bool, as_of, select) -> dict:
+    from darkroom.dbt_runner import run_dbt
+
+    t0 = time.perf_counter()
+    s = run_dbt(st, "build", select=select, full_refresh=full_refresh, as_of=as_of)
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": round(wall, 2),
+        "node_s": round(sum(r.execution_time for r in s.results), 2),
+        "as_of": s.as_of,
+        "counts": s.counts(),
+    }
+
+
+def run(settings: DarkroomSettings, *, quick: bool) -> dict:
+    from darkroom.spark import get_spark
+    from jobs.generate.main import generate
+    from jobs.ingest.main import ingest_landing
+
+    scale = "tiny" if quick else "small"
+    seed = settings.world.seed
+    work = settings.state_dir / "bench" / "dbt_build"
+    shutil.rmtree(work, ignore_errors=True)
+    st = settings.model_copy(update={"state_dir": work, "jars_path": settings.jars_dir})
+    datasets = QUICK_DATASETS if quick else None
+    select = QUICK_SELECT if quick else None
+    spark = get_spark(st, "bench-dbt")
+    t0 = time.perf_counter()
+    counts = generate(st, scale=scale, seed=seed, days=None, out_dir=st.landing_dir, spark=spark, datasets=datasets)
+    ingest_landing(st, with_report=False, datasets=datasets)
+    print(
+        f"[bench dbt_build] bronze ready: {sum(counts.values()):,} rows in {time.perf_counter() - t0:.0f}s", flush=True
+    )
+
+    end = st.world.end
+    full = _timed(st, True, end - timedelta(days=1), select)
+    print(f"[bench dbt_build] full build (as of {full['as_of']}): {full['wall_s']:.1f}s", flush=True)
+    incremental = _timed(st, False, end, select)
+    print(f"[bench dbt_build] incremental day (as of {incremental['as_of']}): {incremental['wall_s']:.1f}s", flush=True)
+    return {
+        "ratio": round(incremental["wall_s"] / full["wall_s"], 4),
+        "ratio_of": "incremental build wall time (one more day) over full build wall time (--full-refresh)",
+        "full_build": full,
+        "incremental_build": incremental,
+        "bronze_rows": counts,
+        "params": {
+            "scale": scale,
+            "seed": seed,
+            "select": select or "whole project",
+            "lookback_days": st.dbt.lookback_days,
+            "spark_master": st.spark.master,
+            "shuffle_partitions": st.spark.shuffle_partitions,
+        },
+    }

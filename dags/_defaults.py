@@ -1,0 +1,36 @@
+"""What every darkroom DAG shares: the failure callback and the retry policy (imported by the DAG files)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+log = logging.getLogger("darkroom.dags")
+
+
+def log_failure(context) -> None:
+    """One line per failed task: which DAG, task and run, and why."""
+    ti = context["ti"]
+    log.error(
+        "darkroom task failed: dag=%s task=%s run=%s try=%s error=%s",
+        ti.dag_id,
+        ti.task_id,
+        context["run_id"],
+        ti.try_number,
+        context.get("exception"),
+    )
+
+
+def default_args(**overrides) -> dict:
+    """Exponential back-off and the failure callback; a DAG may override any of them.
+
+    The number of retries and the first delay are Airflow's core defaults, which ``darkroom.airflow_env`` sets
+    from the ``airflow`` settings (2 retries, 60 s).
+    """
+    return {
+        "owner": "darkroom",
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+        "on_failure_callback": log_failure,
+        **overrides,
+    }

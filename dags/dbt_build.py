@@ -1,0 +1,111 @@
+"""
+### dbt_build: bronze -> staging -> intermediate -> marts, tested
+
+Runs the dbt project (`dbt/`) with `dbt build`: every model, its unit tests and its data tests, in lineage order,
+on darkroom's Spark with Delta (`darkroom.dbt_runner`). Scheduled on the bronze assets: a run starts when
+any bronze table got new data, and each mart's asset (`dags/assets.py`) gets an event when the build passes.
+
+**The run's as-of.** Every window in the marts (reads in the last 7 days, access rates over 1/7/30/90 days,
+live stories, decay) ends at the run's *as-of*, never at the wall clock: the latest `data_interval_end` among
+the bronze asset events that triggered the run (the ingest DAG puts it in each event), else this run's own
+data interval end (a manual run or `airflow dags test dbt_build 2026-11-01`), else its logical date.
+
+**What the task does**
+
+- **success**: all models built and all tests passed; the return value (XCom) is the summary: as-of, counts
+  per node type and status, elapsed seconds. dbt's own per-model lines are in the task log.
+- **failed**: a model errored or a test failed. The error lists every failed node by name and dbt's message
+  (for a failing data test, its failing-row count); nodes downstream of it were skipped and their marts keep
+  their previous version (Delta: a failed statement writes nothing). Retries help with transient failures
+  (a lost executor); a failing test needs its data fixed.
+
+Incremental models re-state the last `dbt.lookback_days` days (settings), so a retried or re-run interval
+produces the same rows.
+
+**Params**
+
+- `select`: a dbt selection (`marts`, `+dim_media_tiering`...); empty: the whole project.
+- `full_refresh`: rebuild incremental models from scratch (same rows as incremental runs, more time).
+
+**Why one task, not one per model (astronomer-cosmos)**: with dbt-spark's `session` method each Airflow task
+would start its own Spark JVM (about 20 s here, for models that take 1-5 s), and the catalog's embedded
+metastore allows one process at a time. One task keeps one session for the whole build; the task log and the
+returned summary name every model and test.
+
+**Run it by hand**: `darkroom dbt build [--select ...] [--as-of ...]` does the same outside Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from dags._defaults import default_args
+from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
+
+log = logging.getLogger(__name__)
+
+BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bronze.")]
+
+
+def _any_of(assets):
+    condition = assets[0]
+    for a in assets[1:]:
+        condition = condition | a
+    return condition
+
+
+def run_as_of(context) -> datetime:
+    """The end of the data interval this run covers (see the DAG's documentation)."""
+    ends = [
+        datetime.fromisoformat(e.extra["data_interval_end"])
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for e in events
+        if (e.extra or {}).get("data_interval_end")
+    ]
+    if ends:
+        return max(ends)
+    return context.get("data_interval_end") or context["logical_date"]
+
+
+@dag(
+    dag_id="dbt_build",
+    schedule=_any_of(BRONZE_ASSETS),
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["darkroom", "dbt", "marts"],
+    default_args=default_args(),
+    params={
+        "select": Param("", type="string", description="dbt selection; empty: the whole project"),
+        "full_refresh": Param(False, type="boolean", description="rebuild incremental models from scratch"),
+    },
+)
+def dbt_build():
+    @task(execution_timeout=timedelta(hours=2), outlets=list(MART_ASSETS.values()))
+    def build() -> dict:
+        from darkroom.dbt_runner import run_dbt
+        from darkroom.settings import load_settings
+
+        context = get_current_context()
+        params = context["params"]
+        as_of = run_as_of(context)
+        summary = run_dbt(
+            load_settings(),
+            "build",
+            select=params["select"].split() or None,
+            full_refresh=params["full_refresh"],
+            as_of=as_of,
+        )
+        log.info("%s", summary.line())
+        for asset in MART_ASSETS.values():
+            context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
+        return {"as_of": summary.as_of, "counts": summary.counts(), "elapsed_s": summary.elapsed}
+
+    build()
+
+
+dbt_build()

@@ -209,11 +209,17 @@ def _node_results(result: object) -> list[NodeResult]:
                 name=node.name,
                 resource_type=str(getattr(node.resource_type, "value", node.resource_type)),
                 status=str(getattr(r.status, "value", r.status)),
-                message=r.message if isinstance(r.message, str) or r.message is None else str(r.message),
+                message=_message(r),
                 execution_time=round(float(r.execution_time or 0.0), 3),
             )
         )
     return out
+
+
+def _message(r) -> str | None:
+    if getattr(r, "age", None) is not None:  # a source freshness result
+        return f"latest row at {r.max_loaded_at:%Y-%m-%d %H:%M:%S}, {r.age / 3600:.1f} h before the check"
+    return r.message if isinstance(r.message, str) or r.message is None else str(r.message)
 
 
 def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) -> DbtRunSummary:
@@ -365,11 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = DbtRunSummary(args=args, as_of=ns.as_of or "", elapsed=0.0, success=False, error=str(e))
     if ns.summary_out:
         ns.summary_out.write_text(json.dumps(asdict(summary)))
-    print(summary.line(), flush=True)
-    for r in summary.failures():
-        print(f"FAILED {r.resource_type} {r.name} [{r.status}]", flush=True)
-    if summary.error and not ns.summary_out:  # with --summary-out the caller reports it
-        print(summary.error, file=sys.stderr, flush=True)
+    if not ns.summary_out:  # with --summary-out the caller reports the outcome
+        print(summary.line(), flush=True)
+        for r in summary.failures():
+            print(f"FAILED {r.resource_type} {r.name} [{r.status}]: {r.message or ''}", flush=True)
+        if summary.error:
+            print(summary.error, file=sys.stderr, flush=True)
     return 0 if summary.success and not summary.failures() and not summary.error else 1
 
 

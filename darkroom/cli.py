@@ -132,10 +132,12 @@ def demo(
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """The main job on embedded defaults: generate the world, ingest it through the contracts, print a summary."""
+    """The main job on embedded defaults: generate the world, ingest it through the contracts, build the dbt marts,
+    print a summary."""
     from darkroom import lake
+    from darkroom.dbt_runner import DbtRunError, run_dbt
     from darkroom.spark import get_spark
-    from darkroom.tables import dataset_table, table
+    from darkroom.tables import all_tables, dataset_table, table
     from jobs.generate.main import generate as run_generate
     from jobs.ingest.main import ingest_landing
 
@@ -143,10 +145,18 @@ def demo(
     world = _world(settings, scale, seed, None)
     started = time.monotonic()
     typer.echo(f"== darkroom demo: {world['scale']} world, seed {world['seed']}, state in {settings.state_dir}")
-    typer.echo("== 1/2 generate")
+    typer.echo("== 1/3 generate")
     counts = run_generate(settings, out_dir=None, **world)
-    typer.echo("== 2/2 ingest through the data contracts")
+    typer.echo("== 2/3 ingest through the data contracts")
     results = ingest_landing(settings)
+    typer.echo(
+        f"== 3/3 dbt build: staging -> intermediate -> marts, as of {settings.world.end:%Y-%m-%d %H:%M} UTC (world end)"
+    )
+    try:
+        built = run_dbt(settings, "build", as_of=settings.world.end)
+    except DbtRunError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(1) from None
     spark = get_spark(settings, "demo")
 
     rows = []
@@ -156,6 +166,9 @@ def demo(
         rows.append(
             (t.qualified_name, counts.get(r.dataset), info.rows, r.quarantined_rows, info.version, t.path(settings))
         )
+    for t in all_tables("marts"):
+        info = lake.describe(spark, t, settings)
+        rows.append((t.qualified_name, None, info.rows, None, info.version, t.path(settings)))
     typer.echo("")
     _print_table(["table", "landing rows", "rows", "quarantined", "version", "path"], rows)
     summary = {
@@ -165,6 +178,7 @@ def demo(
         "lake": str(settings.lake_dir),
         "ledger": str(table("meta.ingest_ledger").path(settings)),
         "validation_report": next((r.report for r in results if r.report), None),
+        "dbt": {"as_of": built.as_of, "counts": built.counts(), "seconds": built.elapsed, "target": built.target_dir},
         "tables": [
             {"table": r[0], "landing_rows": r[1], "rows": r[2], "quarantined": r[3], "version": r[4]} for r in rows
         ],
@@ -176,6 +190,8 @@ def demo(
     typer.echo(f"landing files:     {settings.landing_dir}")
     typer.echo(f"Delta lake:        {settings.lake_dir}")
     typer.echo(f"validation report: {summary['validation_report']}")
+    typer.echo(f"dbt:               {built.line()}")
+    typer.echo(f"dbt docs:          .venv/bin/darkroom dbt docs  (lineage and tests; artifacts in {built.target_dir})")
     typer.echo(f"summary:           {out}")
     typer.echo(f"done in {summary['seconds']:.0f}s")
 

@@ -15,7 +15,7 @@ renamed as (
         cast(ts as timestamp) as impressed_at,
         cast(dt as date) as impression_date,
         cast(surface as string) as surface,
-        cast(position as int) as position,
+        cast(position as int) as position,  -- noqa: RF04
         cast(liked as boolean) as is_liked,
         cast(commented as boolean) as is_commented,
         cast(saved as boolean) as is_saved,

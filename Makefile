@@ -22,6 +22,7 @@ lint:
 bench-quick: setup  ## every benchmark with --quick
 	$(BIN)/darkroom bench generate --quick
 	$(BIN)/darkroom bench ingest --quick
+	$(BIN)/darkroom bench dbt_build --quick
 
 clean:  ## removes the state folder (lake, landing, reports, Airflow and Spark state); keeps the venv and the jars
 	find .darkroom -mindepth 1 -maxdepth 1 ! -name jars -exec rm -rf {} +

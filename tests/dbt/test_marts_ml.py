@@ -157,15 +157,20 @@ def test_post_features_likes_are_cumulative_since_creation(bronze, marts, as_of)
 
 
 def test_post_features_cover_the_horizon_from_the_creation_day(dbt_world, bronze, marts, as_of):
+    """Days since the creation day < horizon, up to as_of's day, and not before the user features' first day
+    (the first feed-read day), so that author_followers is known on every row."""
     horizon = dbt_world.settings.dbt.post_feature_horizon_days
     features = marts["dim_post_features"]
     posts = bronze["posts"][bronze["posts"]["created_at"] < as_of]
     last_day = as_of_date(as_of)
+    first_feature_day = bronze["feed_reads"]["day"].min()
     expected_rows = 0
     for created_at in posts["created_at"]:
-        first = created_at.date()
-        expected_rows += (min(first + timedelta(days=horizon - 1), last_day) - first).days + 1
+        first = max(created_at.date(), first_feature_day)
+        last = min(created_at.date() + timedelta(days=horizon - 1), last_day)
+        expected_rows += max((last - first).days + 1, 0)
     assert len(features) == expected_rows
+    assert features["author_followers"].notna().all()
     created = features.merge(posts[["post_id", "created_at"]], on="post_id", how="left", validate="many_to_one")
     assert (created["feature_ts"] > created["created_at"]).all()
 

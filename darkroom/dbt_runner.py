@@ -264,7 +264,11 @@ def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) 
         # dbt cannot run an incremental-mode unit test before the model's table exists (dbt-core #10695).
         args = [*args, "--exclude", f"tag:{INCREMENTAL_MODE_TAG}"]
         print(f"first build of some tables: unit tests tagged {INCREMENTAL_MODE_TAG} wait for the next run", flush=True)
-    full = [*args, "--vars", json.dumps(dbt_vars(settings, as_of))]
+    variables = dbt_vars(settings, as_of)
+    if args[0] in ("build", "test") and "--full-refresh" not in args and not deferred:
+        # An incremental run tests the days it can change (macros/test_window.sql); a full refresh tests all rows.
+        variables["test_window_days"] = settings.dbt.lookback_days
+    full = [*args, "--vars", json.dumps(variables)]
     print(f"dbt {' '.join(args)} (as of {as_of:%Y-%m-%d %H:%M:%S} UTC)", flush=True)
     from dbt.cli.main import dbtRunner
 

@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['user_id', 'read_date'],
         partition_by=['read_date'],
+        merge_window_column='read_date',
     )
 }}
 

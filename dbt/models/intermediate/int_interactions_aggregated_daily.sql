@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['viewer_id', 'author_id', 'interaction_date'],
         partition_by=['interaction_date'],
+        merge_window_column='interaction_date',
     )
 }}
 

@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['post_id', 'feature_date'],
         partition_by=['feature_date'],
+        merge_window_column='feature_date',
     )
 }}
 

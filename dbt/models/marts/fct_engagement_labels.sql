@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['viewer_id', 'post_id', 'impressed_at'],
         partition_by=['impression_date'],
+        merge_window_column='impression_date',
     )
 }}
 

@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['media_id', 'access_date'],
         partition_by=['access_date'],
+        merge_window_column='access_date',
     )
 }}
 

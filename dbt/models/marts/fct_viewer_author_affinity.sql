@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['viewer_id', 'author_id', 'affinity_date'],
         partition_by=['affinity_date'],
+        merge_window_column='affinity_date',
     )
 }}
 

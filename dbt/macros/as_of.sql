@@ -23,8 +23,18 @@
   a backfill runs an earlier interval), so late rows are merged in and a re-run gives the same rows.
 -#}
 {% macro incremental_start_date(date_column) -%}
-    date_sub(
-        least(coalesce((select max({{ date_column }}) from {{ this }}), {{ as_of_date() }}), {{ as_of_date() }}),
-        {{ var('lookback_days') }}
-    )
+    {%- set expression -%}
+        date_sub(
+            least(coalesce((select max({{ date_column }}) from {{ this }}), {{ as_of_date() }}), {{ as_of_date() }}),
+            {{ var('lookback_days') }}
+        )
+    {%- endset -%}
+    {%- if execute and model.resource_type == 'model' -%}
+        {#- A literal lets Spark prune the partitions of sources and target; a scalar subquery would not. -#}
+        {%- set value = run_query('select cast(' ~ expression ~ ' as string)').columns[0].values()[0] -%}
+        date'{{ value }}'
+    {%- else -%}
+        {#- Parsing, and unit tests (whose `this` is their fixture): the expression itself. -#}
+        {{ expression }}
+    {%- endif -%}
 {%- endmacro %}

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetAny, Param, dag, get_current_context, task
 
 from dags._defaults import default_args
 from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
@@ -48,13 +48,6 @@ from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
 log = logging.getLogger(__name__)
 
 BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bronze.")]
-
-
-def _any_of(assets):
-    condition = assets[0]
-    for a in assets[1:]:
-        condition = condition | a
-    return condition
 
 
 def run_as_of(context) -> datetime:
@@ -72,7 +65,7 @@ def run_as_of(context) -> datetime:
 
 @dag(
     dag_id="dbt_build",
-    schedule=_any_of(BRONZE_ASSETS),
+    schedule=AssetAny(*BRONZE_ASSETS),
     start_date=datetime(2026, 10, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

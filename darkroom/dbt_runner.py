@@ -159,15 +159,20 @@ def parse_as_of(value: str | datetime) -> datetime:
 
 def high_water_mark(spark: SparkSession, settings: DarkroomSettings) -> datetime | None:
     """The end of the hour holding the latest bronze event: the as-of of a by-hand run without --as-of."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
     from darkroom import lake
     from darkroom.tables import all_tables
 
-    latest: datetime | None = None
-    for t in all_tables("bronze"):
-        if t.event_time and lake.exists(spark, t, settings):
-            v = lake.read(spark, t, settings).agg({t.event_time: "max"}).collect()[0][0]
-            if v is not None and (latest is None or v > latest):
-                latest = v
+    maxima = [
+        lake.read(spark, t, settings).select(F.max(t.event_time).alias("latest"))
+        for t in all_tables("bronze")
+        if t.event_time and lake.exists(spark, t, settings)
+    ]
+    # One Spark job for every table's maximum.
+    latest = reduce(lambda a, b: a.unionByName(b), maxima).agg(F.max("latest")).collect()[0][0] if maxima else None
     if latest is None:
         return None
     latest = latest.replace(tzinfo=UTC) if latest.tzinfo is None else latest.astimezone(UTC)

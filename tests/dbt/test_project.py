@@ -21,10 +21,6 @@ pytestmark = pytest.mark.integration
 MARTS = sorted(t.name for t in all_tables("marts"))
 
 
-def rows(df):
-    return df.count(), df
-
-
 def same_rows(a, b) -> bool:
     return a.count() == b.count() and a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()
 
@@ -110,7 +106,7 @@ def test_a_failing_data_test_is_reported_by_name(broken):
     assert [r.name for r in summary.failures()] == ["unique_stg_bronze__users_user_id"]
 
 
-def _dag_run(settings, logical_date: str) -> dict:
+def _last_dag_run(settings) -> dict:
     with sqlite3.connect(airflow_db_path(settings)) as db:
         [(run_id, state)] = db.execute(
             "SELECT run_id, state FROM dag_run WHERE dag_id = 'dbt_build' ORDER BY id DESC LIMIT 1"
@@ -130,7 +126,7 @@ def test_dag_run_builds_incrementally_and_changes_no_rows(dbt_world, spark):
     before = {m: dbt_world.read(spark, f"marts.{m}").localCheckpoint() for m in MARTS}
     proc = run_dag_test(dbt_world.settings, "dbt_build", "2026-11-01T00:00:00+00:00")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    run = _dag_run(dbt_world.settings, "2026-11-01")
+    run = _last_dag_run(dbt_world.settings)
     assert run["state"] == "success" and run["tasks"] == {"build": "success"}
     assert run["events"] == {f"marts.{m}": {"data_interval_end": "2026-11-01T00:00:00+00:00"} for m in MARTS}
     for m in MARTS:
@@ -139,7 +135,7 @@ def test_dag_run_builds_incrementally_and_changes_no_rows(dbt_world, spark):
 
 def test_dag_run_fails_naming_the_failed_test(broken):
     proc = run_dag_test(broken, "dbt_build", "2026-11-01T00:00:00+00:00", conf={"select": "stg_bronze__users"})
-    run = _dag_run(broken, "2026-11-01")
+    run = _last_dag_run(broken)
     assert run["state"] == "failed" and run["tasks"] == {"build": "failed"}
     assert run["events"] == {}
     assert "unique_stg_bronze__users_user_id [fail]" in proc.stdout

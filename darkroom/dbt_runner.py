@@ -110,6 +110,9 @@ def hive_conf(settings: DarkroomSettings) -> dict[str, str]:
         "spark.hadoop.hive.exec.scratchdir": str(settings.dbt_dir / "hive-scratch"),
         "spark.hadoop.hive.exec.local.scratchdir": str(settings.dbt_dir / "hive-scratch-local"),
         "spark.hadoop.hive.metastore.schema.verification": "false",
+        # An incremental model's source is a view over its query; Delta's MERGE reads its source twice (find the
+        # touched files, then rewrite them) and would run the query twice. Materialised once, it runs once.
+        "spark.databricks.delta.merge.materializeSource": "all",
     }
 
 

@@ -75,6 +75,57 @@ class AirflowSettings(_Strict):
     retry_delay_seconds: int = Field(60, ge=0, description="first retry delay; doubles per try up to 15 minutes")
 
 
+class BlobSettings(_Strict):
+    """The blob store: where its bytes live, its topology, and the codecs' parameters."""
+
+    root: Path | None = Field(None, description="blob store root; default <state_dir>/blobs")
+    size_scale: float = Field(
+        0.0005, gt=0, le=1, description="stored bytes of a media = its generated size x this (keeps disks small)"
+    )
+    regions: list[str] = Field(default_factory=lambda: ["na", "eu", "as"], min_length=3)
+    racks_per_cell: int = Field(14, ge=14, description="f4 puts a stripe's 14 blocks on 14 racks of a cell")
+    machines_per_rack: int = Field(2, ge=1)
+    hot_replicas: int = Field(3, ge=1, le=5, description="Haystack replicas, each on a machine of another rack")
+    volume_bytes: int = Field(16 << 20, ge=1 << 16, description="a hot volume is sealed when it would exceed this")
+    ec_data_blocks: int = Field(10, ge=2)
+    ec_parity_blocks: int = Field(4, ge=1)
+    ec_segment_bytes: int = Field(1 << 20, ge=4096, description="bytes per codec call (~1 MiB is fastest)")
+    cold_zstd_level: int = Field(9, ge=1, le=22)
+    cold_regions: int = Field(2, ge=1, description="a cold pack is written to this many regions")
+    scrub_mb_per_s: float = Field(200.0, gt=0, description="the scrubber's read rate limit")
+
+    @field_validator("regions")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"regions must be distinct, got {v}")
+        return v
+
+
+class TieringSettings(_Strict):
+    """The seed's tier policy (defaults) and storage prices."""
+
+    hot_recent_days: int = Field(7, ge=0, description="uploads younger than this stay hot")
+    hot_reads_per_day: float = Field(10.0, gt=0, description="content read more than this a day stays (or turns) hot")
+    warm_reads_per_week: float = Field(1.0, gt=0, description="content read less than this a week moves to warm")
+    cold_idle_days: int = Field(90, ge=1, description="content not read for this many days moves to cold")
+    hysteresis: float = Field(
+        2.0, ge=1, description="warm content returns to hot only above hot_reads_per_day x this (no flapping)"
+    )
+    min_days_in_tier: int = Field(7, ge=0, description="a media stays at least this long in a tier before moving again")
+    price_per_gb_month: dict[str, float] = Field(
+        default_factory=lambda: {"hot": 0.023, "warm": 0.0125, "cold": 0.004},
+        description="raw-disk price per stored (replicated) GB-month, per tier",
+    )
+
+    @field_validator("price_per_gb_month")
+    @classmethod
+    def _all_tiers(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"hot", "warm", "cold"}:
+            raise ValueError(f"price_per_gb_month needs exactly hot, warm and cold, got {sorted(v)}")
+        return v
+
+
 class DarkroomSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DARKROOM_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
@@ -90,6 +141,8 @@ class DarkroomSettings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     dbt: DbtSettings = DbtSettings()
     airflow: AirflowSettings = AirflowSettings()
+    blob: BlobSettings = BlobSettings()
+    tiering: TieringSettings = TieringSettings()
 
     @field_validator("state_dir")
     @classmethod
@@ -132,6 +185,10 @@ class DarkroomSettings(BaseSettings):
     def dbt_dir(self) -> Path:
         """dbt's target (manifest, run results, docs), logs and the Hive metastore of its catalog."""
         return self.state_dir / "dbt"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.blob.root or self.state_dir / "blobs"
 
     @property
     def spark_local_dir(self) -> Path:

@@ -1,0 +1,325 @@
+"""The blob store as one object: the read path through the catalog, and writes into hot volumes.
+
+:class:`BlobStore` ties the engines (:mod:`blobstore.haystack`, :mod:`blobstore.warm`, :mod:`blobstore.cold`) to
+the catalog (:mod:`blobstore.catalog`). A read resolves the media in ``media_locations``: a hot replica, else its warm
+volume (a normal read from the data block holding it; a degraded read reconstructs the segment from any 10 of 14
+blocks), else its cold pack (and, unless told not to, the media is restored to hot). Every read compares the bytes
+with the catalog's checksum; a mismatch is an error naming the media and the tier, never wrong bytes.
+
+Hot writes go to one open volume at a time (:meth:`BlobStore.put_hot`); before writing, needles that an earlier,
+killed writer appended but never recorded in the catalog are *adopted* (their catalog row is written) instead of
+being appended again, so a crash never leaves orphaned bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+
+from blobstore import cold
+from blobstore.catalog import Catalog, CatalogError, match
+from blobstore.content import checksum
+from blobstore.fs import LocalFS
+from blobstore.haystack import HotStore, HotVolume, volume_key
+from blobstore.intents import crash_point
+from blobstore.topology import Topology
+from blobstore.warm import VolumeLostError, WarmStore, WarmVolume, XorPair
+from darkroom.settings import DarkroomSettings
+
+
+class BlobReadError(RuntimeError):
+    """A media that cannot be read back with its catalog checksum, naming the media, the tier and why."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob to store: its id, kind (``media`` or ``story``) and bytes."""
+
+    media_id: int
+    kind: str
+    data: bytes
+
+
+class BlobStore:
+    def __init__(self, settings: DarkroomSettings) -> None:
+        self.settings = settings
+        self.blob = settings.blob
+        self.fs = LocalFS(settings.blob_root)
+        self.topology = Topology(settings.blob)
+        self.catalog = Catalog(settings.lake_dir)
+        self._hot: dict[int, HotVolume] = {}
+
+    @cached_property
+    def warm(self) -> WarmStore:
+        return WarmStore(self.fs, self.blob)
+
+    # -- volumes -------------------------------------------------------------------------------------------------------
+
+    def hot_volume(self, volume_id: int) -> HotVolume:
+        vol = self._hot.get(volume_id)
+        if vol is None:
+            vol = HotVolume.open(self.fs, self.topology, volume_id, capacity=self.blob.volume_bytes)
+            self._hot[volume_id] = vol
+        return vol
+
+    def forget_hot(self, volume_id: int) -> None:
+        """Drops the cached handle (after compaction or repair, the next use re-opens the files)."""
+        vol = self._hot.pop(volume_id, None)
+        if vol is not None:
+            vol.close()
+
+    def warm_volume(self, volume_id: int) -> WarmVolume:
+        row = self.catalog.get("volumes", volume_id)
+        if row is None or row["kind"] != "warm" or not row["info_json"]:
+            raise CatalogError(f"warm volume {volume_id}: no encoded warm volume in the catalog")
+        return WarmVolume.from_dict(json.loads(row["info_json"]))
+
+    def xor_pair(self, group: int) -> XorPair:
+        row = self.catalog.get("xor_groups", group)
+        if row is None:
+            raise CatalogError(f"XOR group {group}: not in the catalog")
+        d = json.loads(row["info_json"])
+        return XorPair(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def pack(self, pack_id: int) -> cold.PackManifest:
+        row = self.catalog.get("packs", pack_id)
+        if row is None:
+            raise CatalogError(f"cold pack {pack_id}: not in the catalog")
+        keys = json.loads(row["info_json"])["manifest_keys"]
+        errors = []
+        for key in keys:
+            try:
+                return cold.load_manifest(self.fs, key)
+            except (cold.ColdPackError, OSError) as e:
+                errors.append(f"{key}: {e}")
+        for key in json.loads(row["info_json"])["keys"]:
+            try:
+                return cold.load_manifest(self.fs, key)  # the manifest embedded in the pack's footer
+            except (cold.ColdPackError, OSError) as e:
+                errors.append(f"{key}: {e}")
+        raise BlobReadError(f"cold pack {pack_id}: no readable manifest: {'; '.join(errors)}")
+
+    # -- the read path -------------------------------------------------------------------------------------------------
+
+    def get(self, media_id: int, *, restore: bool = True, as_of: datetime | None = None) -> bytes:
+        """The media's bytes, verified against the catalog; a cold media is restored to hot unless ``restore=False``."""
+        loc = self.catalog.location(media_id)
+        data = self.read_location(loc)
+        if loc["tier"] == "cold" and restore:
+            self.restore([media_id], as_of=as_of or loc["placed_at"])
+        return data
+
+    def read_location(self, loc: dict) -> bytes:
+        media_id, tier = loc["media_id"], loc["tier"]
+        try:
+            if tier == "hot":
+                data = self.hot_volume(loc["volume_id"]).read(media_id)
+            elif tier == "warm":
+                data = self._read_warm(loc)
+            elif tier == "cold":
+                data = cold.read_media(self.fs, self.pack(loc["pack_id"]), media_id)
+            else:
+                raise BlobReadError(f"media {media_id}: tier {tier!r}, nothing to read (deleted)")
+        except (OSError, ValueError, LookupError, cold.ColdPackError) as e:
+            raise BlobReadError(f"media {media_id} ({tier}): {e}") from e
+        if checksum(data) != loc["checksum"]:
+            raise BlobReadError(
+                f"media {media_id} ({tier}): checksum {checksum(data)} does not match the catalog's {loc['checksum']}"
+            )
+        return data
+
+    def _read_warm(self, loc: dict) -> bytes:
+        volume = self.warm_volume(loc["volume_id"])
+        try:
+            return self.warm.read_range(volume, loc["offset"], loc["size"])
+        except VolumeLostError as e:
+            row = self.catalog.get("volumes", volume.volume_id)
+            self.catalog.upsert("volumes", [{**row, "state": "lost", "lost_blocks": list(e.blocks)}])
+            raise
+
+    # -- hot writes ----------------------------------------------------------------------------------------------------
+
+    def open_hot_volume_id(self) -> int | None:
+        rows = self.catalog.rows("volumes", match(kind="hot", state="open"))
+        return max((r["volume_id"] for r in rows), default=None)
+
+    def _unrecorded_hot_volumes(self) -> list[int]:
+        """Hot volumes on disk that the catalog does not know (a writer killed before recording them)."""
+        known = {r["volume_id"] for r in self.catalog.rows("volumes")}
+        found = set()
+        for key in self.fs.list():
+            if "/hot/vol-" in key and key.endswith(".dat"):
+                found.add(int(key.rsplit("vol-", 1)[1][:8]))
+        return sorted(found - known)
+
+    def put_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 2048) -> int:
+        """Stores blobs in hot volumes and records them; blobs already recorded are skipped. Returns blobs written.
+
+        Catalog rows are written per ``batch`` and whenever a volume is sealed; a blob an earlier killed run
+        appended but did not record is adopted from the volume that holds it.
+        """
+        recorded = self._recorded_ids()
+        adoptable: dict[int, tuple[int, int, int]] = {}
+        candidates = self._unrecorded_hot_volumes()
+        open_id = self.open_hot_volume_id()
+        if open_id is not None:
+            candidates.append(open_id)
+        for vid in candidates:
+            for needle_id, offset, size in self.hot_volume(vid).needles():
+                if needle_id not in recorded:
+                    adoptable[needle_id] = (vid, offset, size)
+        resume = max(candidates, default=None)
+        store = HotStore(
+            self.fs,
+            self.topology,
+            volume_bytes=self.blob.volume_bytes,
+            new_volume_id=lambda: self.catalog.next_id("volumes", floor=self._next_free_volume_id()),
+            open_volume_id=resume,
+        )
+        if resume is not None:
+            store.volume = self.hot_volume(resume)
+        written = 0
+        rows: list[dict] = []
+        for chunk in _chunks((b for b in blobs if b.media_id not in recorded), batch):
+            to_append = []
+            for b in chunk:
+                if b.media_id in adoptable:
+                    vid, offset, size = adoptable.pop(b.media_id)
+                    rows.append(_hot_row(b, vid, offset, as_of))
+                else:
+                    to_append.append(b)
+            sealed_before = len(store.sealed_volume_ids)
+            locations = store.put_many([(b.media_id, b.data) for b in to_append])
+            crash_point("hot.appended")
+            rows.extend(
+                _hot_row(b, loc.volume_id, loc.offset, as_of) for b, loc in zip(to_append, locations, strict=True)
+            )
+            written += len(to_append)
+            self._record_hot(store, rows, as_of, sealed=store.sealed_volume_ids[sealed_before:])
+            rows = []
+        store.close()
+        if store.volume is not None:
+            self._hot[store.volume.volume_id] = store.volume
+        return written
+
+    def _next_free_volume_id(self) -> int:
+        on_disk = [int(k.rsplit("vol-", 1)[1][:8]) for k in self.fs.list() if "/hot/vol-" in k or "/warm/vol-" in k]
+        return max(on_disk, default=0) + 1
+
+    def _record_hot(self, store: HotStore, rows: list[dict], as_of: datetime, sealed: list[int]) -> None:
+        volumes = []
+        for vid in {*sealed, *(r["volume_id"] for r in rows)}:
+            vol = store.volume if store.volume is not None and store.volume.volume_id == vid else self.hot_volume(vid)
+            self._hot[vid] = vol
+            volumes.append(self._hot_volume_row(vol, as_of))
+        self.catalog.upsert("volumes", volumes)
+        crash_point("hot.volumes_recorded")
+        self.catalog.upsert("media_locations", rows)
+
+    def _hot_volume_row(self, vol: HotVolume, as_of: datetime) -> dict:
+        stored = self.catalog.get("volumes", vol.volume_id)
+        return {
+            "volume_id": vol.volume_id,
+            "kind": "hot",
+            "state": "sealed" if vol.sealed else "open",
+            "region": self.topology.home_region(vol.volume_id),
+            "bytes": vol.size,
+            "blobs": len(vol),
+            "updated_at": stored["updated_at"] if stored and _same_hot(stored, vol) else as_of,
+        }
+
+    def refresh_hot_volume_rows(self, volume_ids: Iterable[int], as_of: datetime) -> None:
+        self.catalog.upsert("volumes", [self._hot_volume_row(self.hot_volume(v), as_of) for v in volume_ids])
+
+    def _recorded_ids(self) -> set[int]:
+        return set(self.catalog.read("media_locations", columns=["media_id"]).column(0).to_pylist())
+
+    # -- restore -------------------------------------------------------------------------------------------------------
+
+    def restore(self, media_ids: Iterable[int], *, as_of: datetime) -> int:
+        """Brings cold (or warm) media back to hot: appended to the open hot volume, then the catalog points there.
+
+        The cold copy stays (packs are immutable); the media is hot again until a later plan moves it.
+        """
+        restored = 0
+        for media_id in media_ids:
+            loc = self.catalog.location(media_id)
+            if loc["tier"] == "hot":
+                continue
+            data = self.read_location(loc)
+            self._put_one_hot(Blob(media_id, loc["kind"], data), as_of)
+            restored += 1
+        self.catalog.sync_placement()
+        return restored
+
+    def _put_one_hot(self, blob: Blob, as_of: datetime) -> None:
+        """Appends (or adopts) one blob in the open hot volume and points its catalog row there."""
+        open_id = self.open_hot_volume_id()
+        vol = self.hot_volume(open_id) if open_id is not None else None
+        if vol is not None and blob.media_id in vol:
+            offset = vol.entry(blob.media_id).offset
+        else:
+            store = HotStore(
+                self.fs,
+                self.topology,
+                volume_bytes=self.blob.volume_bytes,
+                new_volume_id=lambda: self.catalog.next_id("volumes", floor=self._next_free_volume_id()),
+            )
+            store.volume = vol
+            loc = store.put(blob.media_id, blob.data)
+            store.close()
+            vol = store.volume
+            self._hot[vol.volume_id] = vol
+            offset = loc.offset
+            for sealed in store.sealed_volume_ids:
+                self.refresh_hot_volume_rows([sealed], as_of)
+        crash_point("restore.appended")
+        self.refresh_hot_volume_rows([vol.volume_id], as_of)
+        self.catalog.upsert("media_locations", [_hot_row(blob, vol.volume_id, offset, as_of)])
+
+    # -- inventory -----------------------------------------------------------------------------------------------------
+
+    def hot_volume_ids(self) -> list[int]:
+        return sorted(r["volume_id"] for r in self.catalog.rows("volumes", match(kind="hot")))
+
+    def files(self) -> Iterator[str]:
+        return self.fs.list()
+
+    def hot_keys(self, volume_id: int) -> list[str]:
+        return [volume_key(m, volume_id, s) for m in self.topology.hot_replicas(volume_id) for s in ("dat", "idx")]
+
+
+def _hot_row(blob: Blob, volume_id: int, offset: int, as_of: datetime) -> dict:
+    return {
+        "media_id": blob.media_id,
+        "kind": blob.kind,
+        "tier": "hot",
+        "volume_id": volume_id,
+        "pack_id": None,
+        "offset": offset,
+        "size": len(blob.data),
+        "checksum": checksum(blob.data),
+        "placed_at": as_of,
+    }
+
+
+def _same_hot(stored: dict, vol: HotVolume) -> bool:
+    return (
+        stored["bytes"] == vol.size
+        and stored["blobs"] == len(vol)
+        and stored["state"] == ("sealed" if vol.sealed else "open")
+    )
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -64,6 +64,7 @@ from pathlib import Path
 import zstandard
 
 from blobstore.fs import BlobFS
+from blobstore.intents import crash_point
 from blobstore.topology import Machine, Topology
 
 MediaId = int | str
@@ -530,7 +531,9 @@ def write_pack(
     manifest = parse_manifest(raw_manifest, source=f"{where} (new)", pack_bytes=len(pack))  # what readers will see
     for pk, mk in zip(pack_keys, manifest_keys, strict=True):
         fs.write(pk, pack)
+        crash_point("cold.pack_file_written")
         fs.write(mk, raw_manifest)
+        crash_point("cold.copy_written")
     checksum = hashlib.sha256(pack).hexdigest()
     return PackInfo(
         pack_id=pack_id,

@@ -137,7 +137,7 @@ class LocalFS(BlobFS):
         out = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".") and ".tmp-" in name:
+                if name.startswith(".") and ".tmp-" in name:  # LocalFS.write's ".<name>.tmp-<pid>"
                     out.append(Path(dirpath, name).relative_to(self.root).as_posix())
         return sorted(out)
 

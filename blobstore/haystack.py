@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 from blobstore.content import crc32
 from blobstore.fs import BlobFS, BlobFSError
+from blobstore.intents import crash_point
 from blobstore.topology import Machine, Topology
 
 log = logging.getLogger(__name__)
@@ -675,6 +676,7 @@ class HotVolume:
             if offset != self._end:
                 self._broken = f"replica {r.index} ({r.data_key}) was appended at {offset}, expected {self._end}"
                 raise HotVolumeError(f"volume {self.volume_id}: {self._broken}")
+            crash_point("hot.replica_appended")
         self._end += len(blob)
         for r in self._replicas:
             r.end = self._end
@@ -720,6 +722,21 @@ class HotVolume:
         self._since_checkpoint += 1
         return True
 
+    def delete_many(self, needle_ids: Iterable[int]) -> int:
+        """Tombstones every live needle of ``needle_ids`` with one append (and one fsync) per replica; returns how
+        many were live."""
+        live = sorted({n for n in needle_ids if n in self})
+        if not live:
+            return 0
+        self._require_writable(f"delete {len(live)} needles", sealed_ok=True)
+        tombstone_length = needle_length(0)
+        entries = [NeedleEntry(n, self._end + i * tombstone_length, 0, FLAG_DELETED) for i, n in enumerate(live)]
+        self._write_all(b"".join(encode_needle(n, b"", FLAG_DELETED) for n in live))
+        for e in entries:
+            self._apply(e)
+        self._since_checkpoint += len(live)
+        return len(live)
+
     def checkpoint(self) -> None:
         """Rewrites every usable replica's index file (atomically) for the data written so far."""
         if self._broken:
@@ -728,6 +745,7 @@ class HotVolume:
         for r in self._replicas:
             if r.problem is None:
                 self.fs.write(r.index_key, data)
+                crash_point("hot.index_written")
         self._since_checkpoint = 0
 
     def seal(self) -> None:
@@ -800,8 +818,10 @@ class HotVolume:
         data = b"".join(parts)
         for r in self._replicas:
             self.fs.write(r.compact_key, data)
+            crash_point("hot.compact_written")
         for r in self._replicas:
             self.fs.rename(r.compact_key, r.data_key)
+            crash_point("hot.compact_renamed")
         reclaimed = self._end - pos
         self._generation, self._end = generation, pos
         for r in self._replicas:

@@ -314,8 +314,7 @@ def expire_stories(store: BlobStore, stories: Iterable[tuple[int, datetime]], *,
         by_volume.setdefault(r["volume_id"], []).append(r["media_id"])
     for vid, ids in sorted(by_volume.items()):
         vol = store.hot_volume(vid)
-        for sid in ids:
-            tombstoned += int(vol.delete(sid))
+        tombstoned += vol.delete_many(ids)
         vol.checkpoint()
     return {"expired": len(newly), "tombstoned": tombstoned, "cutoff": cutoff.isoformat()}
 

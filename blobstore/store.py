@@ -13,11 +13,15 @@ being appended again, so a crash never leaves orphaned bytes.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 
 from blobstore import cold
 from blobstore.catalog import Catalog, CatalogError, match
@@ -28,6 +32,24 @@ from blobstore.intents import crash_point
 from blobstore.topology import Topology
 from blobstore.warm import VolumeLostError, WarmStore, WarmVolume, XorPair
 from darkroom.settings import DarkroomSettings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def writer_lock(root: Path, *, job: str) -> Iterator[None]:
+    """One writer at a time: storage jobs hold an exclusive lock on ``<root>/.writer.lock`` while they write (a second
+    job waits). Inside it no other write is in flight, so temp files of killed writes are removed at the start."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".writer.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            removed = LocalFS(root).remove_temp_files()
+            if removed:
+                log.warning("%s: removed %d temp files of killed writes under %s", job, removed, root)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class BlobReadError(RuntimeError):
@@ -159,36 +181,49 @@ class BlobStore:
         """Stores blobs in hot volumes and records them; blobs already recorded are skipped. Returns blobs written.
 
         Catalog rows are written per ``batch`` and whenever a volume is sealed; a blob an earlier killed run
-        appended but did not record is adopted from the volume that holds it.
+        appended but did not record is adopted from the volume that holds it (see :meth:`place_hot`).
         """
         recorded = self._recorded_ids()
-        adoptable: dict[int, tuple[int, int, int]] = {}
+        return self.place_hot((b for b in blobs if b.media_id not in recorded), as_of=as_of, batch=batch)
+
+    def place_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 2048) -> int:
+        """Appends blobs to the open hot volume (sealing it and creating others as they fill) and points each one's
+        catalog row there, whatever tier it had (a restore, a promotion); returns the blobs appended.
+
+        Crash safety rests on one rule: a volume that may hold needles the catalog does not point at is either not
+        in the catalog or marked open there. So a batch's media rows are written before its volume rows (a volume is
+        recorded sealed only once its needles are recorded), and a re-run looks in exactly those volumes for needles
+        of the blobs it is given whose catalog row points elsewhere: such a needle, if it holds the blob's bytes, is
+        adopted (its row written) instead of appended again. Volumes a killed run sealed or created are recorded at
+        the end.
+        """
+        hot_at = {r["media_id"]: r["volume_id"] for r in self.catalog.rows("media_locations", match(tier="hot"))}
         candidates = self._unrecorded_hot_volumes()
         open_id = self.open_hot_volume_id()
         if open_id is not None:
             candidates.append(open_id)
+        adoptable: dict[int, tuple[int, int]] = {}
         for vid in candidates:
-            for needle_id, offset, size in self.hot_volume(vid).needles():
-                if needle_id not in recorded:
-                    adoptable[needle_id] = (vid, offset, size)
-        resume = max(candidates, default=None)
+            for needle_id, offset, _size in self.hot_volume(vid).needles():
+                if hot_at.get(needle_id) != vid:
+                    adoptable[needle_id] = (vid, offset)
         store = HotStore(
             self.fs,
             self.topology,
             volume_bytes=self.blob.volume_bytes,
             new_volume_id=lambda: self.catalog.next_id("volumes", floor=self._next_free_volume_id()),
-            open_volume_id=resume,
         )
+        resume = max(candidates, default=None)
         if resume is not None:
             store.volume = self.hot_volume(resume)
         written = 0
-        rows: list[dict] = []
-        for chunk in _chunks((b for b in blobs if b.media_id not in recorded), batch):
+        for chunk in _chunks(blobs, batch):
+            rows: list[dict] = []
             to_append = []
             for b in chunk:
-                if b.media_id in adoptable:
-                    vid, offset, size = adoptable.pop(b.media_id)
-                    rows.append(_hot_row(b, vid, offset, as_of))
+                found = adoptable.pop(b.media_id, None)
+                if found is not None and self.hot_volume(found[0]).read(b.media_id) == b.data:
+                    rows.append(_hot_row(b, found[0], found[1], as_of))
                 else:
                     to_append.append(b)
             sealed_before = len(store.sealed_volume_ids)
@@ -199,10 +234,10 @@ class BlobStore:
             )
             written += len(to_append)
             self._record_hot(store, rows, as_of, sealed=store.sealed_volume_ids[sealed_before:])
-            rows = []
         store.close()
         if store.volume is not None:
             self._hot[store.volume.volume_id] = store.volume
+        self.refresh_hot_volume_rows(candidates, as_of)
         return written
 
     def _next_free_volume_id(self) -> int:
@@ -210,14 +245,15 @@ class BlobStore:
         return max(on_disk, default=0) + 1
 
     def _record_hot(self, store: HotStore, rows: list[dict], as_of: datetime, sealed: list[int]) -> None:
+        """Media rows first, then their volumes' rows (see :meth:`place_hot`)."""
+        self.catalog.upsert("media_locations", rows)
+        crash_point("hot.locations_recorded")
         volumes = []
-        for vid in {*sealed, *(r["volume_id"] for r in rows)}:
+        for vid in sorted({*sealed, *(r["volume_id"] for r in rows)}):
             vol = store.volume if store.volume is not None and store.volume.volume_id == vid else self.hot_volume(vid)
             self._hot[vid] = vol
             volumes.append(self._hot_volume_row(vol, as_of))
         self.catalog.upsert("volumes", volumes)
-        crash_point("hot.volumes_recorded")
-        self.catalog.upsert("media_locations", rows)
 
     def _hot_volume_row(self, vol: HotVolume, as_of: datetime) -> dict:
         stored = self.catalog.get("volumes", vol.volume_id)
@@ -242,43 +278,13 @@ class BlobStore:
     def restore(self, media_ids: Iterable[int], *, as_of: datetime) -> int:
         """Brings cold (or warm) media back to hot: appended to the open hot volume, then the catalog points there.
 
-        The cold copy stays (packs are immutable); the media is hot again until a later plan moves it.
+        The cold copy stays (packs are immutable); the media is hot again until a later plan moves it. A restore
+        killed after its append is adopted by the next one (:meth:`place_hot`).
         """
-        restored = 0
-        for media_id in media_ids:
-            loc = self.catalog.location(media_id)
-            if loc["tier"] == "hot":
-                continue
-            data = self.read_location(loc)
-            self._put_one_hot(Blob(media_id, loc["kind"], data), as_of)
-            restored += 1
+        todo = [loc for loc in map(self.catalog.location, dict.fromkeys(media_ids)) if loc["tier"] != "hot"]
+        self.place_hot((Blob(loc["media_id"], loc["kind"], self.read_location(loc)) for loc in todo), as_of=as_of)
         self.catalog.sync_placement()
-        return restored
-
-    def _put_one_hot(self, blob: Blob, as_of: datetime) -> None:
-        """Appends (or adopts) one blob in the open hot volume and points its catalog row there."""
-        open_id = self.open_hot_volume_id()
-        vol = self.hot_volume(open_id) if open_id is not None else None
-        if vol is not None and blob.media_id in vol:
-            offset = vol.entry(blob.media_id).offset
-        else:
-            store = HotStore(
-                self.fs,
-                self.topology,
-                volume_bytes=self.blob.volume_bytes,
-                new_volume_id=lambda: self.catalog.next_id("volumes", floor=self._next_free_volume_id()),
-            )
-            store.volume = vol
-            loc = store.put(blob.media_id, blob.data)
-            store.close()
-            vol = store.volume
-            self._hot[vol.volume_id] = vol
-            offset = loc.offset
-            for sealed in store.sealed_volume_ids:
-                self.refresh_hot_volume_rows([sealed], as_of)
-        crash_point("restore.appended")
-        self.refresh_hot_volume_rows([vol.volume_id], as_of)
-        self.catalog.upsert("media_locations", [_hot_row(blob, vol.volume_id, offset, as_of)])
+        return len(todo)
 
     # -- inventory -----------------------------------------------------------------------------------------------------
 

@@ -252,12 +252,14 @@ def _release_hot(store: BlobStore, sources: list[Source], point: str) -> int:
     current = {r["media_id"]: r for r in store.catalog.rows("media_locations") if r["media_id"] in ids}
     for vid, group in sorted(by_volume.items()):
         vol = store.hot_volume(vid)
-        for s in group:
-            loc = current[s.media_id]
-            if loc["tier"] == "hot" and loc["volume_id"] == vid:
-                continue  # still served from here (never released before the new copy is committed)
-            released += int(vol.delete(s.media_id))
-            crash_point(point)
+        # Only needles whose media is committed elsewhere: never released before the new copy is in the catalog.
+        gone = [
+            s.media_id
+            for s in group
+            if not (current[s.media_id]["tier"] == "hot" and current[s.media_id]["volume_id"] == vid)
+        ]
+        released += vol.delete_many(gone)
+        crash_point(point)
         vol.checkpoint()
     return released
 
@@ -352,7 +354,7 @@ def promote_to_hot(store: BlobStore, media_ids: Iterable[int], *, as_of: datetim
     """Warm media read hot again are copied back into hot volumes (the warm bytes stay: volumes are immutable)."""
     sources = _sources(store, media_ids, {"warm"}, "hot")
     blobs = (Blob(s.media_id, s.kind, store.read_location(asdict(s))) for s in sources)
-    written = store.put_hot(blobs, as_of=as_of)
+    written = store.place_hot(blobs, as_of=as_of)  # put_hot would skip them: they are in the catalog
     store.catalog.sync_placement()
     return {"media": len(sources), "written": written, "bytes": sum(s.size for s in sources)}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 log = logging.getLogger("darkroom.dags")
 
@@ -34,3 +34,17 @@ def default_args(**overrides) -> dict:
         "on_failure_callback": log_failure,
         **overrides,
     }
+
+
+def run_as_of(context) -> datetime:
+    """The end of the data interval a run covers: the latest ``data_interval_end`` among the asset events that
+    triggered it (producers put it in each event's extra), else the run's own data interval end, else its logical
+    date; always UTC-aware."""
+    ends = [
+        datetime.fromisoformat(e.extra["data_interval_end"])
+        for events in (context.get("triggering_asset_events") or {}).values()
+        for e in events
+        if (e.extra or {}).get("data_interval_end")
+    ]
+    when = max(ends) if ends else context.get("data_interval_end") or context["logical_date"]
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

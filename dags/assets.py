@@ -71,3 +71,9 @@ MART_ASSETS: dict[str, Asset] = {
         FCT_STORY_RING_SIGNALS,
     )
 }
+
+# Storage: the tier plan, the blob catalog's locations and the placement dbt reads back (the storage_tiering DAG).
+TIER_DECISIONS = _table_asset("blob_catalog", "tier_decisions")
+MEDIA_LOCATIONS = _table_asset("blob_catalog", "media_locations")
+MEDIA_PLACEMENT = _table_asset("meta", "media_placement")
+STORAGE_ASSETS: dict[str, Asset] = {a.name: a for a in (TIER_DECISIONS, MEDIA_LOCATIONS, MEDIA_PLACEMENT)}

@@ -282,9 +282,133 @@ def dbt_freshness(select: SelectOpt = None, config: ConfigOpt = None) -> None:
     _dbt("source", config, select)
 
 
+blob_app = typer.Typer(help="The photo blob store: hot volumes, warm f4 cells, cold packs, and its catalog.")
+app.add_typer(blob_app, name="blob")
+tiering_app = typer.Typer(help="Storage tiering: the plan from dim_media_tiering, then the byte moves.")
+app.add_typer(tiering_app, name="tiering")
+WhenOpt = Annotated[str | None, typer.Option("--as-of", help="the run's logical time, UTC ISO (default: world end)")]
+
+
+def _when(settings: DarkroomSettings, as_of: str | None):
+    from datetime import UTC, datetime
+
+    if not as_of:
+        return settings.world.end.replace(tzinfo=UTC)
+    try:
+        ts = datetime.fromisoformat(as_of)
+    except ValueError:
+        raise typer.BadParameter(f"--as-of {as_of!r}: expected an ISO date or timestamp") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _echo_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@blob_app.command("load")
+def blob_load(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Materialise bronze's media and stories (bytes from their content seeds) into hot volumes."""
+    from jobs.storage.main import blob_load as run
+
+    settings = _settings(config)
+    _echo_json(run(settings, as_of=_when(settings, as_of) if as_of else None))
+
+
+@blob_app.command("get")
+def blob_get(
+    media_id: Annotated[int, typer.Argument(help="a media (or story) id")],
+    out: Annotated[Path | None, typer.Option("--out", help="write the bytes here (default: print a summary)")] = None,
+    no_restore: Annotated[bool, typer.Option("--no-restore", help="read a cold media without restoring it")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Read one media through the catalog (hot, else warm, degraded if need be, else cold), checksum verified."""
+    from blobstore.catalog import CatalogError
+    from blobstore.content import checksum
+    from blobstore.store import BlobReadError, BlobStore
+
+    store = BlobStore(_settings(config))
+    try:
+        tier = store.catalog.location(media_id)["tier"]
+        data = store.get(media_id, restore=not no_restore)
+    except (CatalogError, BlobReadError) as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(1) from None
+    if out:
+        out.write_bytes(data)
+    where = f" -> {out}" if out else ""
+    typer.echo(f"media {media_id}: {len(data)} bytes from {tier}, crc32 {checksum(data)}{where}")
+
+
+@blob_app.command("restore")
+def blob_restore(
+    media_ids: Annotated[list[int], typer.Argument(help="media ids to bring back to hot")],
+    as_of: WhenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Bring cold (or warm) media back to hot volumes on demand."""
+    from blobstore.store import BlobStore
+
+    settings = _settings(config)
+    n = BlobStore(settings).restore(media_ids, as_of=_when(settings, as_of))
+    typer.echo(f"restored {n} media to hot")
+
+
+@blob_app.command("scrub")
+def blob_scrub(
+    as_of: WhenOpt = None,
+    mb_per_s: Annotated[float | None, typer.Option("--mb-per-s", help="read rate limit")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Read every replica, block and pack at a rate limit, check checksums, repair what is lost or corrupt."""
+    from jobs.storage.main import blob_scrub as run
+
+    settings = _settings(config)
+    report = run(settings, _when(settings, as_of), mb_per_s=mb_per_s)
+    _echo_json(report)
+    if report["unrepairable"]:
+        raise typer.Exit(1)
+
+
+@blob_app.command("fsck")
+def blob_fsck(
+    fix: Annotated[bool, typer.Option("--fix", help="remove temp files of killed writes")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Compare the catalog with the files and list every difference (exit 1 if any)."""
+    from jobs.storage.main import blob_fsck as run
+
+    lines = run(_settings(config), fix_temp=fix)
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"{len(lines)} differences")
+    if lines:
+        raise typer.Exit(1)
+
+
+@tiering_app.command("plan")
+def tiering_plan(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Decide every media's tier from dim_media_tiering; write the decisions and the dry-run report."""
+    from jobs.tiering_plan.main import plan
+
+    settings = _settings(config)
+    result = plan(settings, _when(settings, as_of))
+    _echo_json(result.figures)
+    for f in result.report_files or []:
+        typer.echo(f"report: {f}")
+
+
+@tiering_app.command("apply")
+def tiering_apply(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Validate the day's plan, then move bytes: f4 rewrites, promotions, cold archival, compaction, fsck."""
+    from jobs.storage.main import apply_plan
+
+    settings = _settings(config)
+    _echo_json(apply_plan(settings, _when(settings, as_of)))
+
+
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (generate, ingest, dbt_build)")],
+    name: Annotated[str, typer.Argument(help="benchmark name: a module in bench/ (see bench/README.md)")],
     quick: Annotated[bool, typer.Option("--quick", help="small parameters, finishes within a minute")] = False,
     config: ConfigOpt = None,
 ) -> None:

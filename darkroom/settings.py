@@ -89,7 +89,7 @@ class BlobSettings(_Strict):
     volume_bytes: int = Field(16 << 20, ge=1 << 16, description="a hot volume is sealed when it would exceed this")
     ec_data_blocks: int = Field(10, ge=2)
     ec_parity_blocks: int = Field(4, ge=1)
-    ec_segment_bytes: int = Field(1 << 20, ge=4096, description="bytes per codec call (~1 MiB is fastest)")
+    ec_segment_bytes: int = Field(1 << 20, ge=4096, description="bytes per codec call")
     cold_zstd_level: int = Field(9, ge=1, le=22)
     cold_regions: int = Field(2, ge=1, description="a cold pack is written to this many regions")
     scrub_mb_per_s: float = Field(200.0, gt=0, description="the scrubber's read rate limit")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from darkroom.settings import DarkroomSettings
 
-Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts"]
+Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog"]
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
 
@@ -63,6 +63,16 @@ QUARANTINE_DDL = (
     "row_json STRING NOT NULL"
 )
 PLACEMENT_DDL = "media_id BIGINT NOT NULL, tier STRING NOT NULL, placed_at TIMESTAMP NOT NULL"
+MEDIA_LOCATIONS_DDL = (
+    "media_id BIGINT NOT NULL, kind STRING NOT NULL, tier STRING NOT NULL, volume_id BIGINT, pack_id BIGINT, "
+    "offset BIGINT, size BIGINT NOT NULL, checksum STRING NOT NULL, placed_at TIMESTAMP NOT NULL"
+)
+TIER_DECISIONS_DDL = (
+    "media_id BIGINT NOT NULL, size_bytes BIGINT, current_tier STRING NOT NULL, target_tier STRING, action STRING, "
+    "rule STRING NOT NULL, reason STRING NOT NULL, age_days DOUBLE, days_in_tier DOUBLE, "
+    "days_since_last_access DOUBLE, reads_7d BIGINT, read_rate_1d DOUBLE, read_rate_7d DOUBLE, "
+    "read_rate_30d DOUBLE, read_rate_90d DOUBLE, as_of TIMESTAMP NOT NULL, plan_date DATE NOT NULL"
+)
 LEDGER_DDL = (
     "dataset STRING NOT NULL, source_checksum STRING NOT NULL, source_file STRING NOT NULL, "
     "file_format STRING NOT NULL, rows BIGINT NOT NULL, good_rows BIGINT NOT NULL, quarantined_rows BIGINT NOT NULL, "
@@ -93,6 +103,17 @@ def _registry() -> dict[str, Table]:
     # Written by the blob catalog (storage tiering); dbt reads it for each media's current tier.
     tables["meta.media_placement"] = Table(
         name="media_placement", layer="meta", key=("media_id",), _schema_ddl=PLACEMENT_DDL
+    )
+    # The blob catalog (blobstore/catalog.py writes it with delta-rs; Spark reads it) and the tier plan.
+    tables["blob_catalog.media_locations"] = Table(
+        name="media_locations", layer="blob_catalog", key=("media_id",), _schema_ddl=MEDIA_LOCATIONS_DDL
+    )
+    tables["blob_catalog.tier_decisions"] = Table(
+        name="tier_decisions",
+        layer="blob_catalog",
+        key=("plan_date", "media_id"),
+        partition_by=("plan_date",),
+        _schema_ddl=TIER_DECISIONS_DDL,
     )
     for layer, name, key in dbt_model_tables():
         tables[f"{layer}.{name}"] = Table(name=name, layer=layer, key=key)

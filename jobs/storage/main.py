@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 
 from blobstore.content import media_bytes, stored_size
 from blobstore.maintenance import compact, expire_stories, fsck, scrub
-from blobstore.store import Blob, BlobStore
+from blobstore.store import Blob, BlobStore, writer_lock
 from blobstore.tiering import Runner, archive_to_cold, local_runner, promote_to_hot, resume_pending, rewrite_to_warm
 from darkroom.settings import DarkroomSettings
 
@@ -103,8 +103,9 @@ def blob_load(settings: DarkroomSettings, *, as_of: datetime | None = None, spar
             yield Blob(r["id"], r["kind"], media_bytes(r["content_seed"], size))
 
     t0 = time.monotonic()
-    written = store.put_hot(blobs(), as_of=as_of)
-    store.catalog.sync_placement()
+    with writer_lock(settings.blob_root, job="blob_load"):
+        written = store.put_hot(blobs(), as_of=as_of)
+        store.catalog.sync_placement()
     out = {"written": written, "seconds": round(time.monotonic() - t0, 1), "as_of": as_of.isoformat()}
     log.info("blob_load: %s", out)
     return out
@@ -127,16 +128,14 @@ def ec_rewrite(settings: DarkroomSettings, plan_date: date, *, spark=None, runne
     spark = spark or get_spark(settings, "ec_rewrite")
     store = BlobStore(settings)
     store.catalog.ensure()
-    resumed = resume_pending(store, runner=runner or spark_runner(spark))
     as_of = _plan_as_of(plan_date)
-    warm = rewrite_to_warm(
-        store,
-        _plan_ids(spark, settings, plan_date, T.DEMOTE_WARM),
-        as_of=as_of,
-        run=f"{plan_date.isoformat()}",
-        runner=runner or spark_runner(spark),
-    )
-    promoted = promote_to_hot(store, _plan_ids(spark, settings, plan_date, T.PROMOTE_HOT), as_of=as_of)
+    demote = _plan_ids(spark, settings, plan_date, T.DEMOTE_WARM)
+    promote = _plan_ids(spark, settings, plan_date, T.PROMOTE_HOT)
+    run = runner or spark_runner(spark)
+    with writer_lock(settings.blob_root, job="ec_rewrite"):
+        resumed = resume_pending(store, runner=run)
+        warm = rewrite_to_warm(store, demote, as_of=as_of, run=plan_date.isoformat(), runner=run)
+        promoted = promote_to_hot(store, promote, as_of=as_of)
     return {"resumed": resumed, "warm": warm, "promoted": promoted}
 
 
@@ -148,7 +147,8 @@ def cold_archive(settings: DarkroomSettings, plan_date: date, *, spark=None) -> 
     store = BlobStore(settings)
     store.catalog.ensure()
     ids = _plan_ids(spark, settings, plan_date, T.ARCHIVE_COLD)
-    return archive_to_cold(store, ids, as_of=_plan_as_of(plan_date), run=plan_date.isoformat())
+    with writer_lock(settings.blob_root, job="cold_archive"):
+        return archive_to_cold(store, ids, as_of=_plan_as_of(plan_date), run=plan_date.isoformat())
 
 
 def _plan_as_of(plan_date: date) -> datetime:
@@ -174,31 +174,58 @@ def story_expiry(settings: DarkroomSettings, as_of: datetime, *, spark=None) -> 
         .select("story_id", "created_at")
         .collect()
     )
-    return expire_stories(store, [(r[0], _utc(r[1])) for r in rows], as_of=_utc(as_of))
+    with writer_lock(settings.blob_root, job="story_expiry"):
+        return expire_stories(store, [(r[0], _utc(r[1])) for r in rows], as_of=_utc(as_of))
 
 
 def compaction(settings: DarkroomSettings, as_of: datetime) -> dict:
     store = BlobStore(settings)
     store.catalog.ensure()
-    return compact(store, as_of=_utc(as_of))
+    with writer_lock(settings.blob_root, job="compaction"):
+        return compact(store, as_of=_utc(as_of))
 
 
 def blob_scrub(settings: DarkroomSettings, as_of: datetime, *, mb_per_s: float | None = None) -> dict:
     store = BlobStore(settings)
     store.catalog.ensure()
     tick = _progress("blob_scrub")
-    return scrub(store, as_of=_utc(as_of), mb_per_s=mb_per_s, progress=lambda kind, unit: tick()).as_dict()
+    with writer_lock(settings.blob_root, job="blob_scrub"):
+        return scrub(store, as_of=_utc(as_of), mb_per_s=mb_per_s, progress=lambda kind, unit: tick()).as_dict()
 
 
 def blob_fsck(settings: DarkroomSettings, *, fix_temp: bool = False) -> list[str]:
     store = BlobStore(settings)
     store.catalog.ensure()
     if fix_temp:
-        store.fs.remove_temp_files()
+        with writer_lock(settings.blob_root, job="blob_fsck"):
+            pass  # taking the lock removes the temp files of killed writes
     return [d.line() for d in fsck(store)]
 
 
+def apply_plan(settings: DarkroomSettings, as_of: datetime, *, spark=None) -> dict:
+    """What ``darkroom tiering apply`` and the DAG do after the plan: validate, rewrite, archive, compact, fsck."""
+    from darkroom.spark import get_spark
+    from jobs.tiering_plan.main import plan_date_of, validate_plan
+
+    spark = spark or get_spark(settings, "storage_tiering")
+    plan_date = plan_date_of(as_of)
+    planned = validate_plan(spark, settings, plan_date)
+    out = {
+        "plan_date": plan_date.isoformat(),
+        "planned": planned,
+        "ec_rewrite": ec_rewrite(settings, plan_date, spark=spark),
+        "cold_archive": cold_archive(settings, plan_date, spark=spark),
+        "compaction": compaction(settings, as_of),
+    }
+    out["fsck"] = blob_fsck(settings)
+    if out["fsck"]:
+        n = len(out["fsck"])
+        raise RuntimeError(f"blob fsck after the moves of {plan_date}: {n} differences: {out['fsck'][:5]}")
+    return out
+
+
 __all__ = [
+    "apply_plan",
     "blob_fsck",
     "blob_load",
     "blob_scrub",

@@ -3,18 +3,25 @@
 The reference: GF(2^8) with polynomial 0x11d (x^8 + x^4 + x^3 + x^2 + 1) from exp/log tables, and ISA-L's
 ``gf_gen_cauchy1_matrix`` as ISA-L documents it: identity on the first k rows, then ``a[i][j] = 1 / (i ^ j)`` for
 parity rows ``i = k..k+m-1`` and columns ``j = 0..k-1``. Parity row r of a segment = sum over j of
-``a[k + r][j] * data_j`` (XOR for the sum), byte by byte.
+``a[k + r][j] * data_j`` (XOR for the sum), byte by byte. pyeclib's ``isa_l_rs_cauchy`` backend (liberasurecode, a
+different caller of ISA-L) is a second check of the parity. The fragment header is parsed here with ``struct`` and
+``zlib.crc32`` from the format the codec's docstring gives.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import struct
+import zlib
 
 import numpy as np
 import pytest
+from pyeclib.ec_iface import ECDriver
 
-from blobstore.codec import ALIGN, DecodeError, RSCodec, full_fragment_bytes, plan_segments, xor_bytes
+from blobstore.codec import ALIGN, DecodeError, RSCodec, crc32, full_fragment_bytes, plan_segments, xor_bytes
+
+HEADER = struct.Struct("<4sBBBBIII8xI")  # magic, matrix, k, m, index, segment, payload bytes, payload CRC, header CRC
 
 
 def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +91,45 @@ def test_parity_matches_the_reference_byte_for_byte(k, m, fragment_bytes):
         assert bytes(codec.payload(fragments[k + r])) == expected[r], f"parity row {r}"
 
 
+def test_parity_matches_pyeclib_isa_l_rs_cauchy():
+    codec = RSCodec(10, 4)
+    segment = random.Random(7).randbytes(10 * 1024)
+    theirs = ECDriver(ec_type="isa_l_rs_cauchy", k=10, m=4).encode(segment)
+    ours = codec.encode(segment)
+    for i in range(14):
+        assert bytes(codec.payload(ours[i])) == theirs[i][-1024:], f"fragment {i}"
+
+
+def test_encode_parity_works_in_place_on_strided_views():
+    """The warm write's path: data rows read where they lie, parity written into rows of a wider buffer."""
+    codec = RSCodec(10, 4)
+    f = 256
+    volume = np.frombuffer(random.Random(8).randbytes(10 * f), dtype=np.uint8)
+    blocks = np.full((14, 1000), 0xEE, dtype=np.uint8)  # parity goes to columns 100..355 of rows 10..13
+    codec.encode_parity(volume.reshape(10, f), blocks[10:, 100 : 100 + f])
+    expected = reference_parity([volume[i * f : (i + 1) * f].tobytes() for i in range(10)], 4)
+    assert [blocks[10 + r, 100 : 100 + f].tobytes() for r in range(4)] == expected
+    assert (blocks[:10] == 0xEE).all() and (blocks[10:, :100] == 0xEE).all() and (blocks[10:, 100 + f :] == 0xEE).all()
+    with pytest.raises(ValueError, match="expected k and m rows"):
+        codec.encode_parity(volume.reshape(10, f)[:9], blocks[10:, :f])
+    with pytest.raises(ValueError, match="contiguous rows"):
+        codec.encode_parity(volume.reshape(10, f)[:, ::2], blocks[10:, :128])
+
+
+def test_fragment_header_format():
+    codec = RSCodec(10, 4)
+    assert codec.header_bytes == HEADER.size == 32
+    segment = random.Random(9).randbytes(10 * 192)
+    for i, frag in enumerate(codec.encode(segment, segment_index=77)):
+        magic, matrix, k, m, index, seg, size, payload_crc, header_crc = HEADER.unpack_from(frag)
+        assert (magic, matrix, k, m, index, seg, size) == (b"DRF\x01", 1, 10, 4, i, 77, 192)
+        assert payload_crc == zlib.crc32(frag[32:])
+        assert header_crc == zlib.crc32(frag[:28])
+        assert frag[20:28] == bytes(8)
+    assert crc32(segment) == zlib.crc32(segment)  # ISA-L's crc32_gzip_refl is zlib's CRC-32
+    assert crc32(b"") == 0
+
+
 def test_parity_of_structured_data_matches_the_reference():
     codec = RSCodec(10, 4)
     data = [bytes([0] * 64) for _ in range(10)]
@@ -100,6 +146,15 @@ def test_decodes_from_any_k_of_n_fragments():
     for lost in itertools.combinations(range(14), 4):
         kept = {i: f for i, f in fragments.items() if i not in lost}
         assert codec.decode(kept, 128) == segment, lost
+
+
+def test_decode_takes_any_buffer():
+    codec = RSCodec(10, 4)
+    segment = random.Random(10).randbytes(10 * 64)
+    fragments = codec.encode(segment)
+    kept = {i: bytearray(fragments[i]) for i in range(2, 12)}
+    kept[3] = memoryview(fragments[3])
+    assert codec.decode(kept, 64) == segment
 
 
 def test_reconstruct_gives_the_encoded_fragments_back():
@@ -139,6 +194,9 @@ def test_fragment_problems_are_named():
     fragments = codec.encode(bytes(10 * 64))
     assert codec.fragment_problem(fragments[5], 5, 64) is None
     assert "header says fragment 5, expected 6" in codec.fragment_problem(fragments[5], 6, 64)
+    assert codec.fragment_problem(fragments[5], 5, 64, segment=1) == "header says segment 0, expected 1"
+    other = RSCodec(10, 3).encode(bytes(10 * 64))[5]  # a sound fragment of another code
+    assert "RS(10,3); expected b'DRF\\x01', 1, RS(10,4)" in codec.fragment_problem(other, 5, 64)
     assert "bytes, expected" in codec.fragment_problem(fragments[5][:-1], 5, 64)
     assert "bytes, expected" in codec.fragment_problem(fragments[5] + b"\0", 5, 64)
     bad_header = bytearray(fragments[5])

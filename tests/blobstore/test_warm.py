@@ -19,7 +19,7 @@ from blobstore.warm import (
 )
 from darkroom.settings import BlobSettings
 
-HEADER = 80
+HEADER = 32  # blobstore.codec's fragment header, format 1
 # ec_segment_bytes=4096: 384 payload bytes per fragment (3840 data bytes per full segment).
 BLOB = BlobSettings(ec_segment_bytes=4096)
 LENGTH = 2 * 3840 + 1001  # two full segments and a 128-byte-fragment tail
@@ -50,6 +50,7 @@ def test_blocks_are_on_14_racks_and_data_blocks_hold_contiguous_bytes(fs, store)
     data = volume_bytes(1)
     vol = store.write(7, data)  # home region: regions[7 % 3] = "eu"
     assert vol.length == LENGTH
+    assert vol.header_bytes == store.codec.header_bytes == HEADER
     assert [s.fragment_bytes for s in vol.segments] == [384, 384, 128]
     assert vol.block_keys[0] == "eu/cell-0/rack-00/m-1/warm/vol-00000007.blk00"
     assert vol.block_keys[13] == "eu/cell-0/rack-13/m-0/warm/vol-00000007.blk13"
@@ -137,10 +138,15 @@ def test_five_corrupt_copies_of_one_segment_raise_too(fs, store):
 
 
 @pytest.mark.parametrize(
-    ("where", "offset"),
-    [("payload", HEADER + 384 + HEADER + 200), ("header", HEADER + 384 + 8), ("header padding", HEADER + 384 + 75)],
+    "offset",
+    [
+        HEADER + 384 + HEADER + 200,  # segment 1's payload
+        HEADER + 384 + 8,  # its header: the segment index
+        HEADER + 384 + 24,  # its header: the reserved bytes (every header byte is under the header's CRC)
+        HEADER + 384 + 30,  # its header: the header's CRC itself
+    ],
 )
-def test_a_flipped_byte_in_any_block_is_detected_read_around_and_repaired(fs, store, where, offset):
+def test_a_flipped_byte_in_any_block_is_detected_read_around_and_repaired(fs, store, offset):
     data = volume_bytes(8)
     vol = store.write(10, data)
     originals = [fs.read(k) for k in vol.block_keys]
@@ -148,11 +154,27 @@ def test_a_flipped_byte_in_any_block_is_detected_read_around_and_repaired(fs, st
         flip(fs, vol.block_keys[i], offset)
         check = store.check(vol)
         assert (check.missing, check.corrupt, check.healthy) == ((), (i,), False)
-        # Segment 1's fragment fails its own checks, except a flip in header padding (only the block checksum sees it).
-        assert check.bad_fragments == {i: () if where == "header padding" else (1,)}
+        assert check.bad_fragments == {i: (1,)}  # segment 1's fragment fails its own checks
         assert store.read_range(vol, 0, LENGTH) == data
         assert store.rebuild(vol) == (i,)
         assert fs.read(vol.block_keys[i]) == originals[i]
+    assert store.check(vol).healthy
+
+
+def test_a_sound_fragment_in_the_wrong_segment_is_not_read_as_that_segment(fs, store):
+    """Segment 0's fragment of block 3 written over segment 1's (same size, own CRCs intact): its header names
+    segment 0, so a read of segment 1 decodes around it instead of returning segment 0's bytes."""
+    data = volume_bytes(21)
+    vol = store.write(14, data)
+    path = fs.path(vol.block_keys[3])
+    block = bytearray(path.read_bytes())
+    frag = HEADER + 384
+    block[frag : 2 * frag] = block[:frag]
+    path.write_bytes(bytes(block))
+    check = store.check(vol)
+    assert (check.corrupt, check.bad_fragments) == ((3,), {3: (1,)})
+    assert store.read_range(vol, 3840 + 3 * 384, 384) == data[3840 + 3 * 384 : 3840 + 4 * 384]
+    assert store.rebuild(vol) == (3,)
     assert store.check(vol).healthy
 
 
@@ -230,7 +252,7 @@ def test_effective_replication_is_2_1_with_1_mib_segments(tmp_path):
     pair = store.write_xor(a, b)
     r = measure_replication([a, b], [pair])
     assert r.logical_bytes == 2 * size
-    assert r.in_cell == pytest.approx(1.4, abs=0.002)  # 80-byte headers on 104,832-byte fragments
+    assert r.in_cell == pytest.approx(1.4, abs=0.001)  # 32-byte headers on 104,832-byte fragments
     assert r.xor_share == pytest.approx(0.7, abs=0.001)
     assert r.effective == pytest.approx(2.1, abs=0.003)
     assert r.cell_bytes + r.xor_bytes == sum(p.stat().st_size for p in tmp_path.rglob("*.blk*"))
@@ -254,3 +276,30 @@ def test_a_store_of_another_code_refuses_the_volume(fs, store):
     other = WarmStore(fs, BlobSettings(ec_segment_bytes=4096, ec_parity_blocks=3))
     with pytest.raises(ValueError, match=r"written as RS\(10,4\).*this store codes RS\(10,3\)"):
         other.read_range(vol, 0, 10)
+
+
+class BadDiskFS(LocalFS):
+    """A disk that stores the byte at ``offset`` of every write to a key containing ``part`` flipped."""
+
+    def __init__(self, root: Path, part: str, offset: int) -> None:
+        super().__init__(root)
+        self.part, self.offset = part, offset
+
+    def write(self, key: str, data: bytes) -> None:
+        if self.part in key:
+            data = bytearray(data)
+            data[self.offset] ^= 1
+        super().write(key, bytes(data))
+
+
+def test_a_block_stored_wrong_fails_its_write(tmp_path):
+    store = WarmStore(BadDiskFS(tmp_path, "vol-00000001.blk06", 500), BLOB)
+    with pytest.raises(WarmVolumeError, match=r"warm volume 1: blocks \[6\] do not match their checksums"):
+        store.write(1, volume_bytes(22))
+
+
+def test_an_xor_block_stored_wrong_fails_its_write(tmp_path):
+    store = WarmStore(BadDiskFS(tmp_path, "xor-00000001-00000002.blk13", 500), BLOB)
+    a, b = store.write(1, volume_bytes(22)), store.write(2, volume_bytes(23))
+    with pytest.raises(WarmVolumeError, match=r"XOR of warm volumes 1 and 2: blocks \[13\] do not match"):
+        store.write_xor(a, b)

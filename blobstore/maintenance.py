@@ -119,13 +119,13 @@ def _scrub_warm(store: BlobStore, row: dict, report: ScrubReport, limit: _RateLi
     report.checked["warm_blocks"] += volume.n
     limit.consumed(volume.raw_bytes)
     if check.healthy:
-        if row["state"] == "lost" or row["lost_blocks"]:
-            store.catalog.upsert("volumes", [{**row, "state": "released", "lost_blocks": None, "updated_at": as_of}])
+        _unmark_lost(store, row, as_of)
         return
     report.found.append(f"warm volume {volume.volume_id}: blocks missing {check.missing}, corrupt {check.corrupt}")
     try:
         fixed = store.warm.rebuild(volume, check.lost)
         report.repaired.append(f"warm volume {volume.volume_id}: rebuilt blocks {list(fixed)} from the other blocks")
+        _unmark_lost(store, row, as_of)
         return
     except (VolumeLostError, WarmVolumeError) as e:
         reason = str(e)
@@ -139,11 +139,18 @@ def _scrub_warm(store: BlobStore, row: dict, report: ScrubReport, limit: _RateLi
                 f"warm volume {volume.volume_id}: recovered blocks {list(fixed)} from XOR group {group} "
                 f"(partner volume {partner_id}, region {pair.region})"
             )
+            _unmark_lost(store, row, as_of)
             return
         except (VolumeLostError, WarmVolumeError, OSError) as e:
             reason = f"{reason}; XOR recovery failed: {e}"
     report.unrepairable.append(f"warm volume {volume.volume_id}: {reason}")
     store.catalog.upsert("volumes", [{**row, "state": "lost", "lost_blocks": list(check.lost), "updated_at": as_of}])
+
+
+def _unmark_lost(store: BlobStore, row: dict, as_of: datetime) -> None:
+    """A volume whole again (found so, or just repaired) is no longer lost: a read marked it, the catalog unmarks it."""
+    if row["state"] == "lost" or row["lost_blocks"]:
+        store.catalog.upsert("volumes", [{**row, "state": "released", "lost_blocks": None, "updated_at": as_of}])
 
 
 def _scrub_xor(store: BlobStore, row: dict, report: ScrubReport, limit: _RateLimit) -> None:
@@ -320,16 +327,22 @@ def expire_stories(store: BlobStore, stories: Iterable[tuple[int, datetime]], *,
 
 
 def compact(store: BlobStore, *, as_of: datetime, min_garbage_fraction: float = 0.25) -> dict:
-    """Compacts sealed hot volumes whose dead bytes reach the fraction; refreshes their catalog offsets."""
+    """Compacts sealed hot volumes whose dead bytes reach the fraction; refreshes their catalog offsets and rows."""
     done, reclaimed = [], 0
-    for row in store.catalog.rows("volumes", match(kind="hot", state="sealed")):
-        vol = store.hot_volume(row["volume_id"])
+    sealed = sorted(r["volume_id"] for r in store.catalog.rows("volumes", match(kind="hot", state="sealed")))
+    for vid in sealed:
+        vol = store.hot_volume(vid)
+        if not vol.sealed:
+            # The catalog is the truth: a replica recovery that re-scanned the data file (rolling an interrupted
+            # compaction forward) comes back without the index file's sealed flag.
+            vol.seal()
         if vol.size and vol.garbage_bytes / vol.size >= min_garbage_fraction:
             reclaimed += vol.compact()
-            done.append(row["volume_id"])
+            done.append(vid)
             crash_point("compact.volume_compacted")
-        _refresh_offsets(store.catalog, store, row["volume_id"])
-    store.refresh_hot_volume_rows(done, as_of)
+        _refresh_offsets(store.catalog, store, vid)
+    # Every sealed volume's row, not only this run's: a killed run may have compacted some without recording them.
+    store.refresh_hot_volume_rows(sealed, as_of)
     return {"volumes": done, "bytes_reclaimed": reclaimed}
 
 

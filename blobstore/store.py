@@ -177,16 +177,17 @@ class BlobStore:
                 found.add(int(key.rsplit("vol-", 1)[1][:8]))
         return sorted(found - known)
 
-    def put_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 2048) -> int:
+    def put_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 16384) -> int:
         """Stores blobs in hot volumes and records them; blobs already recorded are skipped. Returns blobs written.
 
         Catalog rows are written per ``batch`` and whenever a volume is sealed; a blob an earlier killed run
         appended but did not record is adopted from the volume that holds it (see :meth:`place_hot`).
         """
         recorded = self._recorded_ids()
-        return self.place_hot((b for b in blobs if b.media_id not in recorded), as_of=as_of, batch=batch)
+        unrecorded = (b for b in blobs if b.media_id not in recorded)
+        return self.place_hot(unrecorded, as_of=as_of, batch=batch, unrecorded=True)
 
-    def place_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 2048) -> int:
+    def place_hot(self, blobs: Iterable[Blob], *, as_of: datetime, batch: int = 2048, unrecorded: bool = False) -> int:
         """Appends blobs to the open hot volume (sealing it and creating others as they fill) and points each one's
         catalog row there, whatever tier it had (a restore, a promotion); returns the blobs appended.
 
@@ -195,7 +196,7 @@ class BlobStore:
         recorded sealed only once its needles are recorded), and a re-run looks in exactly those volumes for needles
         of the blobs it is given whose catalog row points elsewhere: such a needle, if it holds the blob's bytes, is
         adopted (its row written) instead of appended again. Volumes a killed run sealed or created are recorded at
-        the end.
+        the end. ``unrecorded``: no blob has a catalog row yet (put_hot), so rows are appended rather than merged.
         """
         hot_at = {r["media_id"]: r["volume_id"] for r in self.catalog.rows("media_locations", match(tier="hot"))}
         candidates = self._unrecorded_hot_volumes()
@@ -233,7 +234,7 @@ class BlobStore:
                 _hot_row(b, loc.volume_id, loc.offset, as_of) for b, loc in zip(to_append, locations, strict=True)
             )
             written += len(to_append)
-            self._record_hot(store, rows, as_of, sealed=store.sealed_volume_ids[sealed_before:])
+            self._record_hot(store, rows, as_of, sealed=store.sealed_volume_ids[sealed_before:], new=unrecorded)
         store.close()
         if store.volume is not None:
             self._hot[store.volume.volume_id] = store.volume
@@ -244,9 +245,13 @@ class BlobStore:
         on_disk = [int(k.rsplit("vol-", 1)[1][:8]) for k in self.fs.list() if "/hot/vol-" in k or "/warm/vol-" in k]
         return max(on_disk, default=0) + 1
 
-    def _record_hot(self, store: HotStore, rows: list[dict], as_of: datetime, sealed: list[int]) -> None:
-        """Media rows first, then their volumes' rows (see :meth:`place_hot`)."""
-        self.catalog.upsert("media_locations", rows)
+    def _record_hot(self, store: HotStore, rows: list[dict], as_of: datetime, sealed: list[int], new: bool) -> None:
+        """Media rows first, then their volumes' rows (see :meth:`place_hot`). ``new``: no media has a row yet
+        (put_hot), so rows are appended; a restore or promotion replaces the media's rows."""
+        if new:
+            self.catalog.insert("media_locations", rows)
+        else:
+            self.catalog.upsert("media_locations", rows)
         crash_point("hot.locations_recorded")
         volumes = []
         for vid in sorted({*sealed, *(r["volume_id"] for r in rows)}):

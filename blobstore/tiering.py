@@ -63,7 +63,8 @@ class Source:
 
 def _sources(store: BlobStore, media_ids: Iterable[int], allowed: set[str], target: str) -> list[Source]:
     ids = sorted(set(media_ids))
-    rows = {r["media_id"]: r for r in store.catalog.rows("media_locations") if r["media_id"] in set(ids)}
+    wanted = set(ids)
+    rows = {r["media_id"]: r for r in store.catalog.rows("media_locations") if r["media_id"] in wanted}
     unknown = [m for m in ids if m not in rows]
     if unknown:
         raise PlanError(f"move to {target}: {len(unknown)} media not in the blob catalog, e.g. {unknown[:5]}")

@@ -352,3 +352,49 @@ def _refresh_offsets(catalog: Catalog, store: BlobStore, volume_id: int) -> None
     catalog.upsert(
         "media_locations", [{**r, "offset": offsets[r["media_id"]]} for r in rows if r["media_id"] in offsets]
     )
+
+
+# -- what is stored where ---------------------------------------------------------------------------------------------
+
+
+def tier_report(store: BlobStore) -> dict:
+    """Objects, logical bytes and raw bytes on disk per tier, from the catalog and the files; measured replication.
+
+    hot: every replica's data file (live needles, plus dead ones until compaction); warm: the 14 block files of each
+    volume plus the XOR blocks in the third region; cold: both copies of every pack. ``all_hot_raw_bytes`` is what
+    the same live bytes would take as 3 hot replicas.
+    """
+    locations = store.catalog.read("media_locations", columns=["tier", "size"]).to_pylist()
+    out: dict[str, dict] = {t: {"objects": 0, "bytes": 0, "raw_bytes": 0} for t in ("hot", "warm", "cold")}
+    for r in locations:
+        if r["tier"] in out:
+            out[r["tier"]]["objects"] += 1
+            out[r["tier"]]["bytes"] += r["size"]
+    volumes = store.catalog.rows("volumes")
+    for row in volumes:
+        if row["kind"] == "hot":
+            vol = store.hot_volume(row["volume_id"])
+            out["hot"]["raw_bytes"] += vol.size * len(vol.machines)
+        elif row["info_json"]:
+            out["warm"]["raw_bytes"] += sum(json.loads(row["info_json"])["block_sizes"])
+    out["warm"]["xor_raw_bytes"] = sum(
+        sum(json.loads(g["info_json"])["block_sizes"]) for g in store.catalog.rows("xor_groups")
+    )
+    out["warm"]["raw_bytes"] += out["warm"]["xor_raw_bytes"]
+    out["warm"]["volume_bytes"] = sum(r["bytes"] for r in volumes if r["kind"] == "warm")
+    for row in store.catalog.rows("packs"):
+        out["cold"]["raw_bytes"] += row["stored_bytes"]
+    for f in out.values():
+        f["replication"] = round(f["raw_bytes"] / f["bytes"], 4) if f["bytes"] else None
+    # Warm volumes are immutable: bytes of media since archived stay in them; per volume byte the factor is:
+    if out["warm"]["volume_bytes"]:
+        out["warm"]["replication_per_volume_byte"] = round(out["warm"]["raw_bytes"] / out["warm"]["volume_bytes"], 4)
+    live = sum(f["bytes"] for f in out.values())
+    raw = sum(f["raw_bytes"] for f in out.values())
+    hot_replicas = store.blob.hot_replicas
+    return {
+        "tiers": out,
+        "total": {"bytes": live, "raw_bytes": raw, "replication": round(raw / live, 4) if live else None},
+        "all_hot_raw_bytes": live * hot_replicas,
+        "saved_vs_all_hot": round(1 - raw / (live * hot_replicas), 4) if live else None,
+    }

@@ -385,6 +385,15 @@ def blob_fsck(
         raise typer.Exit(1)
 
 
+@blob_app.command("report")
+def blob_report(config: ConfigOpt = None) -> None:
+    """Objects, bytes and raw bytes on disk per tier, and the measured replication (warm: goal 2.1x)."""
+    from blobstore.maintenance import tier_report
+    from blobstore.store import BlobStore
+
+    _echo_json(tier_report(BlobStore(_settings(config))))
+
+
 @tiering_app.command("plan")
 def tiering_plan(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
     """Decide every media's tier from dim_media_tiering; write the decisions and the dry-run report."""

@@ -255,3 +255,19 @@ def test_a_move_the_catalog_does_not_allow_raises_plan_error_and_moves_nothing(s
     assert end_state(store) == before
     assert store.fs.temp_files() == []
     assert fsck(store) == []
+
+
+def test_tier_report_counts_what_is_on_disk(store):
+    from blobstore.maintenance import tier_report
+
+    report = tier_report(store)["tiers"]
+    files = {p.relative_to(store.fs.root).as_posix(): p.stat().st_size for p in store.fs.root.rglob("*") if p.is_file()}
+    assert report["hot"]["raw_bytes"] == sum(n for k, n in files.items() if "/hot/" in k and k.endswith(".dat"))
+    assert report["warm"]["raw_bytes"] == sum(n for k, n in files.items() if "/warm/" in k or "/xor/" in k)
+    assert report["cold"]["raw_bytes"] == sum(n for k, n in files.items() if k.endswith(".zst"))
+    assert (report["hot"]["objects"], report["warm"]["objects"], report["cold"]["objects"]) == (
+        4,
+        len(set(WARM_IDS) - set(COLD_IDS)),
+        len(COLD_IDS),
+    )
+    assert report["cold"]["bytes"] == sum(len(original(m)) for m in COLD_IDS)

@@ -402,8 +402,8 @@ def tiering_plan(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
     settings = _settings(config)
     result = plan(settings, _when(settings, as_of))
     _echo_json(result.figures)
-    for f in result.report_files or []:
-        typer.echo(f"report: {f}")
+    for kind, path in (result.report_files or {}).items():
+        typer.echo(f"report ({kind}): {path}")
 
 
 @tiering_app.command("apply")

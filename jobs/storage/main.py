@@ -209,15 +209,18 @@ def apply_plan(settings: DarkroomSettings, as_of: datetime, *, spark=None) -> di
 
     spark = spark or get_spark(settings, "storage_tiering")
     plan_date = plan_date_of(as_of)
-    planned = validate_plan(spark, settings, plan_date)
-    out = {
-        "plan_date": plan_date.isoformat(),
-        "planned": planned,
-        "ec_rewrite": ec_rewrite(settings, plan_date, spark=spark),
-        "cold_archive": cold_archive(settings, plan_date, spark=spark),
-        "compaction": compaction(settings, as_of),
-    }
-    out["fsck"] = blob_fsck(settings)
+    t0 = time.monotonic()
+
+    def step(name: str, result):
+        print(f"[tiering apply {plan_date}] {name} done at +{time.monotonic() - t0:.0f}s: {result}", flush=True)
+        return result
+
+    planned = step("validate_plan", validate_plan(spark, settings, plan_date))
+    out = {"plan_date": plan_date.isoformat(), "planned": planned}
+    out["ec_rewrite"] = step("ec_rewrite", ec_rewrite(settings, plan_date, spark=spark))
+    out["cold_archive"] = step("cold_archive", cold_archive(settings, plan_date, spark=spark))
+    out["compaction"] = step("compaction", compaction(settings, as_of))
+    out["fsck"] = step("blob_fsck", blob_fsck(settings))
     if out["fsck"]:
         n = len(out["fsck"])
         raise RuntimeError(f"blob fsck after the moves of {plan_date}: {n} differences: {out['fsck'][:5]}")

@@ -42,25 +42,12 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import AssetAny, Param, dag, get_current_context, task
 
-from dags._defaults import default_args
+from dags._defaults import default_args, run_as_of
 from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
 
 log = logging.getLogger(__name__)
 
 BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bronze.")]
-
-
-def run_as_of(context) -> datetime:
-    """The end of the data interval this run covers (see the DAG's documentation)."""
-    ends = [
-        datetime.fromisoformat(e.extra["data_interval_end"])
-        for events in (context.get("triggering_asset_events") or {}).values()
-        for e in events
-        if (e.extra or {}).get("data_interval_end")
-    ]
-    if ends:
-        return max(ends)
-    return context.get("data_interval_end") or context["logical_date"]
 
 
 @dag(

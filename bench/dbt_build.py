@@ -41,6 +41,7 @@ def _timed(st, full_refresh: bool, as_of, select) -> dict:
 
 def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     from darkroom.spark import get_spark
+    from jobs.generate import transform as T
     from jobs.generate.main import generate
     from jobs.ingest.main import ingest_landing
 
@@ -53,7 +54,9 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     select = QUICK_SELECT if quick else None
     spark = get_spark(st, "bench-dbt")
     t0 = time.perf_counter()
-    counts = generate(st, scale=scale, seed=seed, days=None, out_dir=st.landing_dir, spark=spark, datasets=datasets)
+    counts = generate(
+        st, scale=scale, seed=seed, days=st.world.days, out_dir=st.landing_dir, spark=spark, datasets=datasets
+    )
     ingest_landing(st, with_report=False, datasets=datasets)
     print(
         f"[bench dbt_build] bronze ready: {sum(counts.values()):,} rows in {time.perf_counter() - t0:.0f}s", flush=True
@@ -73,6 +76,8 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
         "params": {
             "scale": scale,
             "seed": seed,
+            "days": T.make_world(scale, seed, st.world.days, end).days,
+            "unit_tests_in_build": st.dbt.unit_tests,
             "select": select or "whole project",
             "lookback_days": st.dbt.lookback_days,
             "spark_master": st.spark.master,

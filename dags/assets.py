@@ -77,3 +77,10 @@ TIER_DECISIONS = _table_asset("blob_catalog", "tier_decisions")
 MEDIA_LOCATIONS = _table_asset("blob_catalog", "media_locations")
 MEDIA_PLACEMENT = _table_asset("meta", "media_placement")
 STORAGE_ASSETS: dict[str, Asset] = {a.name: a for a in (TIER_DECISIONS, MEDIA_LOCATIONS, MEDIA_PLACEMENT)}
+
+# The fan-out policy (the fanout_threshold_tuning DAG): what the serving publisher turns into config:fanout,
+# user:{id}:pull_authors and celebrity:{id}:posts.
+FANOUT_POLICIES = _table_asset("fanout", "policies")
+FANOUT_AUTHOR_MODES = _table_asset("fanout", "author_modes")
+FANOUT_INACTIVE_USERS = _table_asset("fanout", "inactive_users")
+FANOUT_ASSETS: dict[str, Asset] = {a.name: a for a in (FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS)}

@@ -394,6 +394,34 @@ def blob_report(config: ConfigOpt = None) -> None:
     _echo_json(tier_report(BlobStore(_settings(config))))
 
 
+fanout_app = typer.Typer(help="Fan-out policy: the follower threshold from the graph, validated by a Redis replay.")
+app.add_typer(fanout_app, name="fanout")
+
+
+@fanout_app.command("tune")
+def fanout_tune(
+    as_of: WhenOpt = None,
+    replay: Annotated[bool, typer.Option(help="then replay the last day through Redis (settings.redis_url)")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cost curve, T* within the budgets, the four policies; fanout.* tables, report and an MLflow run."""
+    from jobs.fanout_threshold.main import FanoutInputError, ReplayMismatch, check_replay, tune, validate_by_replay
+
+    settings = _settings(config)
+    when = _when(settings, as_of)
+    try:
+        result = tune(settings, when, progress=typer.echo)
+        for kind, path in result.report_files.items():
+            typer.echo(f"report ({kind}): {path}")
+        typer.echo(f"mlflow run {result.mlflow_run_id} (experiment {settings.fanout.experiment})")
+        if replay:
+            check_replay(validate_by_replay(settings, when, mlflow_run_id=result.mlflow_run_id, progress=typer.echo))
+            typer.echo("replay: model and Redis agree within 5% for every replayed policy")
+    except (FanoutInputError, ReplayMismatch) as e:
+        typer.echo(f"fanout tune: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @tiering_app.command("plan")
 def tiering_plan(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
     """Decide every media's tier from dim_media_tiering; write the decisions and the dry-run report."""

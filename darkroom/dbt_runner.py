@@ -272,6 +272,9 @@ def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) 
         # dbt cannot run an incremental-mode unit test before the model's table exists (dbt-core #10695).
         args = [*args, "--exclude", f"tag:{INCREMENTAL_MODE_TAG}"]
         print(f"first build of some tables: unit tests tagged {INCREMENTAL_MODE_TAG} wait for the next run", flush=True)
+    if args[0] == "build" and not settings.dbt.unit_tests:
+        # Unit tests check SQL against fixed rows: they belong in CI, not in every scheduled build (dbt's advice).
+        args = [*args, "--exclude-resource-type", "unit_test"]
     variables = dbt_vars(settings, as_of)
     if args[0] in ("build", "test") and "--full-refresh" not in args and not deferred:
         # An incremental run tests the days it can change (macros/test_window.sql); a full refresh tests all rows.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,11 @@ class DbtSettings(_Strict):
     affinity_half_life_days: float = Field(7.0, gt=0, description="half-life of viewer-author interactions")
     dwell_threshold_ms: int = Field(10_000, ge=0, description="the dwell head's label: dwell above this")
     post_feature_horizon_days: int = Field(30, ge=1, le=366, description="daily post features while younger than this")
+    unit_tests: bool = Field(
+        False,
+        description="run the unit tests in `dbt build`; their inputs are static, so dbt advises CI only (the test suite"
+        " runs them; `darkroom dbt test --select test_type:unit` any time)",
+    )
 
 
 class AirflowSettings(_Strict):
@@ -126,6 +131,44 @@ class TieringSettings(_Strict):
         return v
 
 
+class FanoutSettings(_Strict):
+    """The fan-out cost model's unit costs and budgets (jobs/fanout_threshold); the seed's numbers are defaults."""
+
+    write_cost: float = Field(1.0, gt=0, description="cost of one timeline write at post time (ZADD + trim)")
+    merge_cost: float = Field(1.0, gt=0, description="cost of one read-time merge (one pull author's recent posts)")
+    stored_entry_cost: float = Field(0.05, ge=0, description="cost of holding one timeline entry for a day")
+    timeline_cap: int = Field(800, ge=1, description="entries per timeline (the seed's ZREMRANGEBYRANK 0 -801)")
+    timeline_days: float = Field(1.0, gt=0, description="days of pushed posts a timeline holds (before the cap)")
+    read_budget_merges: int = Field(50, ge=0, description="pull authors merged by a feed read, at the quantile below")
+    read_budget_quantile: float = Field(0.99, gt=0, lt=1, description="the read budget's quantile over feed reads")
+    merge_latency_ms: float = Field(2.0, gt=0, description="read-time cost of one merge, for the latency check")
+    feed_base_latency_ms: float = Field(100.0, ge=0, description="the rest of a feed read (timeline, ranking)")
+    feed_p99_ms: float = Field(500.0, gt=0, description="the seed's feed load p99; the read budget must fit in it")
+    freshness_seconds: float = Field(30.0, gt=0, description="a pushed post reaches its active followers within this")
+    # One post's fan-out by one worker; 30 s x 250/s = 7,500 active followers, the seed's 5-10K follower band.
+    fanout_writes_per_second: float = Field(250.0, gt=0, description="timeline writes a second for one post")
+    experiment: str = Field("fanout_policy", min_length=1, description="MLflow experiment of the tuning runs")
+
+    @model_validator(mode="after")
+    def _read_budget_fits_the_feed_latency(self) -> FanoutSettings:
+        worst = self.feed_base_latency_ms + self.read_budget_merges * self.merge_latency_ms
+        if worst > self.feed_p99_ms:
+            raise ValueError(
+                f"read_budget_merges {self.read_budget_merges} x merge_latency_ms {self.merge_latency_ms} + "
+                f"feed_base_latency_ms {self.feed_base_latency_ms} = {worst:g} ms exceeds "
+                f"feed_p99_ms {self.feed_p99_ms:g}"
+            )
+        return self
+
+
+class MlflowSettings(_Strict):
+    """Where runs are tracked; default a SQLite store and artifact folder under the state folder."""
+
+    tracking_uri: str | None = Field(
+        None, description="e.g. http://mlflow:5000; default sqlite:///<state>/mlflow/mlflow.db"
+    )
+
+
 class DarkroomSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DARKROOM_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
@@ -143,6 +186,8 @@ class DarkroomSettings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     blob: BlobSettings = BlobSettings()
     tiering: TieringSettings = TieringSettings()
+    fanout: FanoutSettings = FanoutSettings()
+    mlflow: MlflowSettings = MlflowSettings()
 
     @field_validator("state_dir")
     @classmethod
@@ -189,6 +234,11 @@ class DarkroomSettings(BaseSettings):
     @property
     def blob_root(self) -> Path:
         return self.blob.root or self.state_dir / "blobs"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The default MLflow store: mlflow.db (runs, registry) and artifacts/."""
+        return self.state_dir / "mlflow"
 
     @property
     def spark_local_dir(self) -> Path:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from darkroom.settings import DarkroomSettings
 
-Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog"]
+Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout"]
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
 
@@ -79,6 +79,22 @@ LEDGER_DDL = (
     "target_version BIGINT, run_id STRING NOT NULL, ingested_at TIMESTAMP NOT NULL, report_path STRING"
 )
 
+FANOUT_POLICIES_DDL = (
+    "version STRING NOT NULL, policy STRING NOT NULL, chosen BOOLEAN NOT NULL, threshold BIGINT, "
+    "push_authors BIGINT NOT NULL, pull_authors BIGINT NOT NULL, writes DOUBLE NOT NULL, merges DOUBLE NOT NULL, "
+    "timeline_entries DOUBLE NOT NULL, celebrity_entries DOUBLE NOT NULL, stored_entries DOUBLE NOT NULL, "
+    "write_cost DOUBLE NOT NULL, merge_cost DOUBLE NOT NULL, storage_cost DOUBLE NOT NULL, total_cost DOUBLE NOT NULL, "
+    "fan_in_quantile BIGINT NOT NULL, within_read_budget BOOLEAN NOT NULL, within_freshness BOOLEAN NOT NULL, "
+    "read_floor BIGINT NOT NULL, freshness_ceiling BIGINT, budgets_conflict BOOLEAN NOT NULL, message STRING NOT NULL, "
+    "as_of TIMESTAMP NOT NULL, computed_at TIMESTAMP NOT NULL"
+)
+FANOUT_AUTHOR_MODES_DDL = (
+    "version STRING NOT NULL, author_id BIGINT NOT NULL, followers BIGINT NOT NULL, active_followers BIGINT NOT NULL, "
+    "posts_per_day DOUBLE NOT NULL, reader_load DOUBLE NOT NULL, threshold_mode STRING NOT NULL, "
+    "per_author_mode STRING NOT NULL, push_cost DOUBLE NOT NULL, pull_cost DOUBLE NOT NULL"
+)
+FANOUT_INACTIVE_USERS_DDL = "version STRING NOT NULL, user_id BIGINT NOT NULL"
+
 
 @cache
 def _registry() -> dict[str, Table]:
@@ -114,6 +130,24 @@ def _registry() -> dict[str, Table]:
         key=("plan_date", "media_id"),
         partition_by=("plan_date",),
         _schema_ddl=TIER_DECISIONS_DDL,
+    )
+    # The fan-out policy (jobs/fanout_threshold): one version a day, each table replaced by version.
+    tables["fanout.policies"] = Table(
+        name="policies", layer="fanout", key=("version", "policy"), _schema_ddl=FANOUT_POLICIES_DDL
+    )
+    tables["fanout.author_modes"] = Table(
+        name="author_modes",
+        layer="fanout",
+        key=("version", "author_id"),
+        partition_by=("version",),
+        _schema_ddl=FANOUT_AUTHOR_MODES_DDL,
+    )
+    tables["fanout.inactive_users"] = Table(
+        name="inactive_users",
+        layer="fanout",
+        key=("version", "user_id"),
+        partition_by=("version",),
+        _schema_ddl=FANOUT_INACTIVE_USERS_DDL,
     )
     for layer, name, key in dbt_model_tables():
         tables[f"{layer}.{name}"] = Table(name=name, layer=layer, key=key)

@@ -34,3 +34,25 @@ def spark(settings):
     session = get_spark(settings, "tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server (persistence off, free loopback port) for the whole run."""
+    from darkroom.redis_server import LocalRedisServer
+
+    with LocalRedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session server's URL, emptied (FLUSHALL) so each test starts from no keys."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url

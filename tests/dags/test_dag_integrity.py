@@ -32,6 +32,7 @@ print(json.dumps({
     "assets_by_dataset": {d: asset(a) for d, a in dags.assets.ASSETS_BY_DATASET.items()},
     "mart_assets": {m: asset(a) for m, a in dags.assets.MART_ASSETS.items()},
     "storage_assets": {m: asset(a) for m, a in dags.assets.STORAGE_ASSETS.items()},
+    "fanout_assets": {m: asset(a) for m, a in dags.assets.FANOUT_ASSETS.items()},
     "asset_constants": {k: asset(a) for k, a in vars(dags.assets).items() if isinstance(a, Asset)},
     "import_errors": bag.import_errors,
     "dags": {
@@ -141,12 +142,17 @@ def test_assets_name_the_registry_tables(dagbag):
     for name, asset in marts.items():
         t = table(f"marts.{name}")
         assert asset == {"name": t.qualified_name, "uri": f"x-darkroom://marts/{name}", "group": "marts"}
-    for name, asset in dagbag["storage_assets"].items():
+    for name, asset in {**dagbag["storage_assets"], **dagbag["fanout_assets"]}.items():
         t = table(name)
         assert asset == {"name": name, "uri": f"x-darkroom://{t.layer}/{t.name}", "group": t.layer}
     # Every constant is wired, and each names a different table.
     constants = list(dagbag["asset_constants"].values())
-    wired = [*by_dataset.values(), *marts.values(), *dagbag["storage_assets"].values()]
+    wired = [
+        *by_dataset.values(),
+        *marts.values(),
+        *dagbag["storage_assets"].values(),
+        *dagbag["fanout_assets"].values(),
+    ]
     assert sorted(a["uri"] for a in constants) == sorted(a["uri"] for a in wired)
     assert len({a["uri"] for a in constants}) == len(constants)
 

@@ -58,6 +58,7 @@ def dbt_settings(settings, tmp_path_factory) -> DarkroomSettings:
         jars_path=settings.jars_dir,
         spark=settings.spark.model_dump(),
         world=settings.world.model_dump(),
+        dbt={"unit_tests": True},  # the suite runs the unit tests in its builds (production builds leave them to CI)
     )
 
 

@@ -122,6 +122,20 @@ def _last_dag_run(settings) -> dict:
     return {"state": state, "tasks": tasks, "events": {n: json.loads(x) for n, x in events}}
 
 
+def test_a_production_build_leaves_unit_tests_to_ci(dbt_world):
+    production = dbt_world.settings.model_copy(
+        update={"dbt": dbt_world.settings.dbt.model_copy(update={"unit_tests": False})}
+    )
+    summary = run_dbt(production, "build", select=["fct_user_read_activity"], as_of=dbt_world.as_of)
+    assert {r.resource_type for r in summary.results} == {"model", "test"}
+    assert summary.counts()["model:success"] == 1 and summary.counts()["test:pass"] >= 3
+    # the CI build ran this model's unit tests; the production one ran none of them
+    assert any(
+        r.resource_type == "unit_test" and r.unique_id.startswith("unit_test.darkroom.fct_user_read_activity.")
+        for r in dbt_world.build.results
+    )
+
+
 def test_dag_run_builds_incrementally_and_changes_no_rows(dbt_world, spark):
     before = {m: dbt_world.read(spark, f"marts.{m}").localCheckpoint() for m in MARTS}
     proc = run_dag_test(dbt_world.settings, "dbt_build", "2026-11-01T00:00:00+00:00")

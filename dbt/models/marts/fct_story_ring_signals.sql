@@ -91,31 +91,31 @@ engagement_7d as (
 
 ),
 
-affinity_ranked as (
-
-    select
-        viewer_id,
-        author_id,
-        feature_ts,
-        affinity_score,
-        row_number() over (partition by viewer_id, author_id order by affinity_date desc) as recency_rank
-    from affinity
-
-),
-
--- The pair's latest affinity, decayed on from its feature_ts to as_of.
+-- The pair's latest affinity (an aggregate, not a window over the whole table), decayed on from its feature_ts
+-- to as_of.
 latest_affinity as (
 
     select
         viewer_id,
         author_id,
-        affinity_score
+        max_by(struct(feature_ts, affinity_score), affinity_date) as latest
+    from affinity
+    group by viewer_id, author_id
+
+),
+
+decayed_affinity as (
+
+    select
+        viewer_id,
+        author_id,
+        latest.affinity_score
         * pow(
             0.5,
-            (unix_micros({{ as_of() }}) - unix_micros(feature_ts)) / 86400000000 / {{ var('affinity_half_life_days') }}
+            (unix_micros({{ as_of() }}) - unix_micros(latest.feature_ts)) / 86400000000
+            / {{ var('affinity_half_life_days') }}
         ) as affinity_score
-    from affinity_ranked
-    where recency_rank = 1
+    from latest_affinity
 
 ),
 
@@ -132,17 +132,17 @@ final as (
         coalesce(engagement_7d.profile_visits_7d, 0) as profile_visits_7d,
         coalesce(engagement_7d.likes_comments_7d, 0) as likes_comments_7d,
         coalesce(engagement_7d.story_views_7d, 0) as story_views_7d,
-        coalesce(latest_affinity.affinity_score, 0.0) as affinity_score,
+        coalesce(decayed_affinity.affinity_score, 0.0) as affinity_score,
         {{ as_of() }} as as_of
     from rings
     left join engagement_7d
         on
             rings.viewer_id = engagement_7d.viewer_id
             and rings.author_id = engagement_7d.author_id
-    left join latest_affinity
+    left join decayed_affinity
         on
-            rings.viewer_id = latest_affinity.viewer_id
-            and rings.author_id = latest_affinity.author_id
+            rings.viewer_id = decayed_affinity.viewer_id
+            and rings.author_id = decayed_affinity.author_id
 
 )
 

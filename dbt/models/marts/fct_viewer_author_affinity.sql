@@ -17,6 +17,7 @@
 
 {%- set affinity_weights = {'likes': 1, 'comments': 2, 'dms': 3, 'profile_visits': 1} %}
 {%- set window_days = 90 %}
+{%- set fixed_point = 1000000000 %}
 
 with
 
@@ -73,7 +74,8 @@ decay_factors as (
 
 ),
 
--- Summed as decimals: a sum of doubles depends on the order rows arrive in, and re-runs must give the same rows.
+-- Summed as integers of 1e-9 units: a sum of doubles depends on the order rows arrive in, and re-runs must give the
+-- same rows; a bigint sum is exact in any order and far cheaper than decimal(38, x) arithmetic.
 decayed as (
 
     select
@@ -84,10 +86,10 @@ decayed as (
         comments,
         dms,
         profile_visits,
-        cast(sum(cast(past_likes * decay as decimal(38, 18))) as double) as decayed_likes,
-        cast(sum(cast(past_comments * decay as decimal(38, 18))) as double) as decayed_comments,
-        cast(sum(cast(past_dms * decay as decimal(38, 18))) as double) as decayed_dms,
-        cast(sum(cast(past_profile_visits * decay as decimal(38, 18))) as double) as decayed_profile_visits
+        sum(cast(round(past_likes * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_likes,
+        sum(cast(round(past_comments * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_comments,
+        sum(cast(round(past_dms * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_dms,
+        sum(cast(round(past_profile_visits * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_profile_visits
     from decay_factors
     group by viewer_id, author_id, affinity_date, likes, comments, dms, profile_visits
 

@@ -1,0 +1,217 @@
+"""A throwaway local ``redis-server`` for tests and replays: real Redis semantics, no shared instance to clean up.
+
+:class:`LocalRedisServer` runs the installed ``redis-server`` binary in the foreground on a free loopback port with
+persistence off (``--save "" --appendonly no``), so nothing it holds outlives it. Readiness is the server's own
+"Ready to accept connections" log line read from its stdout, not a sleep or a PING poll: the line is printed after
+the listening socket is bound, so a client connecting afterwards never races the start. The same reader thread keeps
+draining stdout for the server's lifetime (a full pipe would stall the server) and keeps the last lines for errors.
+
+The free port comes from binding port 0 and closing the socket, so another process can take it before Redis binds
+it; Redis then logs "Address already in use" and exits, and the start is retried on a fresh port.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from types import TracebackType
+
+READY_LINE = "Ready to accept connections"
+ADDRESS_IN_USE = "Address already in use"
+
+
+class LocalRedisError(RuntimeError):
+    """The local redis-server could not be started; the message carries its output."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it for a port-0 bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRedisServer:
+    """A ``redis-server`` child process on ``127.0.0.1``, started on ``__enter__`` and shut down on ``__exit__``.
+
+    ``directory`` is the server's ``--dir`` (its working directory; nothing is saved there with persistence off).
+    ``startup_timeout`` bounds each start attempt; ``attempts`` is how many fresh ports are tried when the chosen one
+    was taken in the meantime.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        binary: str = "redis-server",
+        startup_timeout: float = 15.0,
+        attempts: int = 5,
+    ) -> None:
+        self.directory = Path(directory)
+        self.binary = binary
+        self.startup_timeout = startup_timeout
+        self.attempts = attempts
+        self._port: int | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._ready_seen = False
+        self._output: collections.deque[str] = collections.deque(maxlen=200)
+
+    # --- public -----------------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise LocalRedisError("the local redis-server is not running (use it as a context manager or call start())")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def output(self) -> str:
+        """The last lines the server printed (for error messages and debugging)."""
+        return "".join(self._output)
+
+    def start(self) -> LocalRedisServer:
+        """Start the server and return once it accepts connections; raise :class:`LocalRedisError` otherwise."""
+        if self._proc is not None:
+            raise LocalRedisError(f"the local redis-server is already running on port {self._port}")
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise LocalRedisError(
+                f"{self.binary!r} not found on PATH: install redis-server (apt-get install redis-server)"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.attempts):
+            try:
+                started = self._start_once(exe, free_port())
+            except BaseException:
+                self.stop()  # an interrupt while waiting must not leave a server behind
+                raise
+            if started:
+                return self
+        raise LocalRedisError(
+            f"redis-server could not bind a free port in {self.attempts} attempts; last output:\n{self.output}"
+        )
+
+    def stop(self) -> None:
+        """Shut the server down without saving; terminate, then kill, if it does not exit. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._shutdown_nosave()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+        proc.wait()
+        self._join_reader()
+
+    def __enter__(self) -> LocalRedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- internals --------------------------------------------------------------------------------------------------
+    def _start_once(self, exe: str, port: int) -> bool:
+        """One start attempt; False when the port was taken meanwhile (the caller retries), raises on anything else."""
+        self._ready.clear()
+        self._ready_seen = False
+        self._output.clear()
+        args = [
+            exe,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        reader = threading.Thread(target=self._drain, args=(proc,), name=f"redis-server-{port}-stdout", daemon=True)
+        reader.start()
+        self._proc, self._reader, self._port = proc, reader, port
+
+        # The reader thread sets the event on the ready line and at end of output (the server exited).
+        if not self._ready.wait(timeout=self.startup_timeout):
+            self._proc = None
+            _terminate(proc)
+            self._join_reader()
+            raise LocalRedisError(
+                f"redis-server on port {port} not ready after {self.startup_timeout:.0f} s; output:\n{self.output}"
+            )
+        if self._ready_seen:
+            return True
+        self._proc = None
+        proc.wait()
+        self._join_reader()
+        if ADDRESS_IN_USE in self.output:
+            return False
+        raise LocalRedisError(
+            f"redis-server exited with code {proc.returncode} before it was ready; output:\n{self.output}"
+        )
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        """Read the server's stdout to its end: flags readiness, keeps the tail, and keeps the pipe from filling."""
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                self._output.append(line)
+                if not self._ready_seen and READY_LINE in line:
+                    self._ready_seen = True
+                    self._ready.set()
+        self._ready.set()
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+
+    def _shutdown_nosave(self) -> None:
+        import redis  # the core's only use of redis-py; imported here so importing darkroom stays light
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries: the connection dropping is SHUTDOWN succeeding, and redis-py's default retries would reconnect
+        # to a closed port with backoff for seconds.
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self._port or 0,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            client.shutdown(nosave=True)
+        except redis.RedisError:
+            pass  # not answering: stop() falls back to SIGTERM / SIGKILL
+        finally:
+            client.close()
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,1 @@
+"""Push/pull fan-out policy for the feed: the cost model, the tuned threshold and a real-Redis replay of a day."""

@@ -42,6 +42,42 @@ def read(spark: SparkSession, t: Table, settings: DarkroomSettings) -> DataFrame
     return spark.read.format("delta").load(t.uri(settings))
 
 
+def replace_where(spark: SparkSession, t: Table, settings: DarkroomSettings, df: DataFrame, where: str) -> int:
+    """Replace the rows of ``t`` matching ``where`` (its partition, its version) with ``df`` cast to the registered
+    schema, in one Delta commit: a re-run writes the same rows. Returns the table version."""
+    from pyspark.sql import functions as F
+
+    ensure_table(spark, t, settings)
+    cols = [F.col(f.name).cast(f.dataType).alias(f.name) for f in t.schema.fields]
+    df.select(*cols).write.format("delta").mode("overwrite").option("replaceWhere", where).save(t.uri(settings))
+    return current_version(spark, t, settings)
+
+
+class StaleTableError(ValueError):
+    """An as-of table (a mart rebuilt whole for one as_of) is not as of the run's as_of."""
+
+
+def read_as_of(
+    spark: SparkSession, t: Table, settings: DarkroomSettings, as_of: datetime, *, purpose: str
+) -> DataFrame:
+    """A table with an ``as_of`` column, refused unless every row is as of ``as_of`` (to the microsecond, UTC):
+    a job must not decide today on yesterday's mart. ``purpose`` names the consumer in the error."""
+    from datetime import UTC
+
+    from pyspark.sql import functions as F
+
+    df = read(spark, t, settings)
+    aware = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+    want = aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    seen = sorted(
+        r[0] for r in df.select(F.date_format("as_of", "yyyy-MM-dd HH:mm:ss.SSSSSS")).distinct().limit(3).collect()
+    )
+    if seen != [want]:
+        what = f"as of {', '.join(seen)}" if seen else "empty"
+        raise StaleTableError(f"{t.qualified_name} is {what}, {purpose} is as of {want}: build it for this as_of first")
+    return df
+
+
 def with_partition_column(df: DataFrame, t: Table) -> DataFrame:
     from pyspark.sql import functions as F
 

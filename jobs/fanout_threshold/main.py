@@ -120,17 +120,10 @@ def version_of(as_of: datetime) -> str:
 
 def read_mart(spark: SparkSession, settings: DarkroomSettings, name: str, as_of: datetime) -> DataFrame:
     """A mart, refused unless every row is as of ``as_of`` (yesterday's graph would tune today's knob)."""
-    from pyspark.sql import functions as F
-
-    mart = lake.read(spark, table(name), settings)
-    want = _utc(as_of).strftime("%Y-%m-%d %H:%M:%S")
-    seen = sorted(
-        r[0] for r in mart.select(F.date_format("as_of", "yyyy-MM-dd HH:mm:ss")).distinct().limit(3).collect()
-    )
-    if seen != [want]:
-        what = f"as of {', '.join(seen)}" if seen else "empty"
-        raise FanoutInputError(f"{name} is {what}, the policy is as of {want}: build the marts for this as_of first")
-    return mart
+    try:
+        return lake.read_as_of(spark, table(name), settings, as_of, purpose="the fan-out policy")
+    except lake.StaleTableError as e:
+        raise FanoutInputError(str(e)) from None
 
 
 def check_graph(follows: DataFrame, users: DataFrame, source: str) -> None:
@@ -248,8 +241,9 @@ def tune(
     progress(f"[fanout {version}] {len(figures['curve']):,} thresholds in {time.perf_counter() - started:.0f}s")
 
     inactive = readers.where(~F.col("is_active")).select(F.lit(version).alias("version"), "user_id")
-    _replace_version(spark, settings, AUTHOR_MODES, modes.withColumn("version", F.lit(version)), version)
-    _replace_version(spark, settings, INACTIVE_USERS, inactive, version)
+    where = f"version = '{version}'"
+    lake.replace_where(spark, AUTHOR_MODES, settings, modes.withColumn("version", F.lit(version)), where)
+    lake.replace_where(spark, INACTIVE_USERS, settings, inactive, where)
     n_inactive = lake.read(spark, INACTIVE_USERS, settings).where(F.col("version") == version).count()
     rows = [
         {
@@ -266,7 +260,7 @@ def tune(
         for name, p in figures["policies"].items()
     ]
     policies_df = spark.createDataFrame(rows, POLICIES.schema)
-    _replace_version(spark, settings, POLICIES, policies_df, version)
+    lake.replace_where(spark, POLICIES, settings, policies_df, where)
     for df in (modes, edges, readers, authors):
         df.unpersist()
 
@@ -311,20 +305,6 @@ POLICY_COLUMNS = (
     "within_read_budget",
     "within_freshness",
 )
-
-
-def _replace_version(spark: SparkSession, settings: DarkroomSettings, t, df: DataFrame, version: str) -> None:
-    from pyspark.sql import functions as F
-
-    lake.ensure_table(spark, t, settings)
-    cols = [F.col(f.name).cast(f.dataType).alias(f.name) for f in t.schema.fields]
-    (
-        df.select(*cols)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"version = '{version}'")
-        .save(t.uri(settings))
-    )
 
 
 def report_dir(settings: DarkroomSettings, version: str) -> Path:

@@ -120,33 +120,12 @@ def _as_date(plan_date: date | str) -> date:
 
 def read_mart(spark: SparkSession, settings: DarkroomSettings, as_of: datetime) -> DataFrame:
     """The mart, refused unless every row is as of ``as_of`` (a stale mart would plan on yesterday's reads)."""
-    from pyspark.sql import functions as F
-
-    mart = lake.read(spark, table(MART), settings)
-    want = _utc(as_of).strftime("%Y-%m-%d %H:%M:%S.%f")
-    seen = sorted(
-        r[0] for r in mart.select(F.date_format("as_of", "yyyy-MM-dd HH:mm:ss.SSSSSS")).distinct().limit(3).collect()
-    )
-    if seen != [want]:
-        what = f"as of {', '.join(str(s) for s in seen)}" if seen else "empty"
-        raise ValueError(f"{MART} is {what}, the plan is as of {want}: build the mart for this as_of first")
-    return mart
+    return lake.read_as_of(spark, table(MART), settings, as_of, purpose="the plan")
 
 
 def write_decisions(spark: SparkSession, settings: DarkroomSettings, decisions: DataFrame, plan_date: date) -> int:
     """Replace the ``plan_date`` partition of tier_decisions with ``decisions``; returns the table version."""
-    from pyspark.sql import functions as F
-
-    lake.ensure_table(spark, TIER_DECISIONS, settings)
-    cols = [F.col(f.name).cast(f.dataType).alias(f.name) for f in TIER_DECISIONS.schema.fields]
-    (
-        decisions.select(*cols)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"plan_date = DATE'{plan_date.isoformat()}'")
-        .save(TIER_DECISIONS.uri(settings))
-    )
-    return lake.current_version(spark, TIER_DECISIONS, settings)
+    return lake.replace_where(spark, TIER_DECISIONS, settings, decisions, f"plan_date = DATE'{plan_date.isoformat()}'")
 
 
 def read_plan(spark: SparkSession, settings: DarkroomSettings, plan_date: date | str) -> DataFrame:

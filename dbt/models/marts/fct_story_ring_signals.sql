@@ -27,7 +27,11 @@ live_stories as (
 story_views as (
 
     select * from {{ ref('stg_bronze__story_views') }}
-    where viewed_at < {{ as_of() }}
+    -- only views of live stories matter, and a story is viewed after it is posted: the last 24 hours
+    where
+        viewed_at < {{ as_of() }}
+        and viewed_at > {{ as_of() }} - interval 24 hours
+        and view_date >= to_date({{ as_of() }} - interval 24 hours)
 
 ),
 
@@ -98,7 +102,9 @@ latest_affinity as (
     select
         viewer_id,
         author_id,
-        max_by(struct(feature_ts, affinity_score), affinity_date) as latest
+        -- (viewer, author, affinity_date) is the key: one row per date, so both come from the same row
+        max_by(feature_ts, affinity_date) as feature_ts,
+        max_by(affinity_score, affinity_date) as affinity_score
     from affinity
     group by viewer_id, author_id
 
@@ -109,10 +115,10 @@ decayed_affinity as (
     select
         viewer_id,
         author_id,
-        latest.affinity_score
+        affinity_score
         * pow(
             0.5,
-            (unix_micros({{ as_of() }}) - unix_micros(latest.feature_ts)) / 86400000000
+            (unix_micros({{ as_of() }}) - unix_micros(feature_ts)) / 86400000000
             / {{ var('affinity_half_life_days') }}
         ) as affinity_score
     from latest_affinity

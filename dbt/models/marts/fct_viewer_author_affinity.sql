@@ -86,10 +86,14 @@ decayed as (
         comments,
         dms,
         profile_visits,
-        sum(cast(round(past_likes * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_likes,
-        sum(cast(round(past_comments * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_comments,
-        sum(cast(round(past_dms * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_dms,
-        sum(cast(round(past_profile_visits * decay * {{ fixed_point }}) as bigint)) / {{ fixed_point }} as decayed_profile_visits
+        sum(cast(round(past_likes * decay * {{ fixed_point }}) as bigint))
+        / {{ fixed_point }} as decayed_likes,
+        sum(cast(round(past_comments * decay * {{ fixed_point }}) as bigint))
+        / {{ fixed_point }} as decayed_comments,
+        sum(cast(round(past_dms * decay * {{ fixed_point }}) as bigint))
+        / {{ fixed_point }} as decayed_dms,
+        sum(cast(round(past_profile_visits * decay * {{ fixed_point }}) as bigint))
+        / {{ fixed_point }} as decayed_profile_visits
     from decay_factors
     group by viewer_id, author_id, affinity_date, likes, comments, dms, profile_visits
 

@@ -184,13 +184,14 @@ def compute(
         "threshold": "threshold_mode",
         "per_author": "per_author_mode",
     }
-    fan_in = {}
-    biggest_pushed = {}
-    for name, column in mode_column.items():
-        hist = [(r["fan_in"], r["reads_per_day"]) for r in T.fan_in(edges, readers, all_push, column).collect()]
-        fan_in[name] = sorted(hist)
-        row = all_push.where(F.col(column) == T.PUSH).agg(F.max("active_followers")).first()
-        biggest_pushed[name] = int(row[0] or 0)
+    fan_in: dict[str, list[tuple[int, float]]] = {name: [] for name in mode_column}
+    for r in T.fan_in(edges, readers, all_push, mode_column).collect():
+        fan_in[r["policy"]].append((r["fan_in"], r["reads_per_day"]))
+    fan_in = {name: sorted(hist) for name, hist in fan_in.items()}
+    largest = all_push.agg(
+        *[F.max(F.when(F.col(c) == T.PUSH, F.col("active_followers"))).alias(n) for n, c in mode_column.items()]
+    ).first()
+    biggest_pushed = {name: int(largest[name] or 0) for name in mode_column}
     for name, p in policies.items():
         p["fan_in_quantile"] = T.weighted_quantile(fan_in[name], b.quantile)
         p["within_read_budget"] = p["fan_in_quantile"] <= b.max_merges

@@ -378,23 +378,32 @@ def costed_figures(model: CostModel, **f: float) -> dict[str, float]:
     return out
 
 
-def fan_in(edges_df: DataFrame, readers_df: DataFrame, modes: DataFrame, mode_column: str) -> DataFrame:
-    """Pull authors merged per feed read under a policy, as a histogram: (fan_in, readers, reads_per_day)."""
+def fan_in(edges_df: DataFrame, readers_df: DataFrame, modes: DataFrame, mode_columns: dict[str, str]) -> DataFrame:
+    """Pull authors merged per feed read under several policies at once (one pass over the edges), as histograms:
+    (policy, fan_in, readers, reads_per_day); ``mode_columns`` maps a policy name to its column in ``modes``."""
     from pyspark.sql import functions as F
 
-    pulled = modes.where(F.col(mode_column) == F.lit(PULL)).select(F.col("author_id").alias("followee_id"))
+    names = list(mode_columns)
+    pulled = modes.select(
+        F.col("author_id").alias("followee_id"),
+        *[(F.col(c) == F.lit(PULL)).cast("bigint").alias(n) for n, c in mode_columns.items()],
+    )
     per_user = (
-        edges_df.join(pulled, on="followee_id", how="left_semi")
+        edges_df.select("follower_id", "followee_id")
+        .join(pulled, on="followee_id", how="inner")
         .groupBy(F.col("follower_id").alias("user_id"))
-        .agg(F.count("*").alias("fan_in"))
+        .agg(*[F.sum(n).alias(n) for n in names])
+    )
+    per_policy = F.explode(
+        F.array(*[F.struct(F.lit(n).alias("policy"), F.coalesce(F.col(n), F.lit(0)).alias("fan_in")) for n in names])
     )
     return (
         readers_df.where(F.col("reads_per_day") > 0)
         .join(per_user, on="user_id", how="left")
-        .select(F.coalesce(F.col("fan_in"), F.lit(0)).cast("bigint").alias("fan_in"), "reads_per_day")
-        .groupBy("fan_in")
+        .select(per_policy.alias("p"), "reads_per_day")
+        .groupBy(F.col("p.policy").alias("policy"), F.col("p.fan_in").cast("bigint").alias("fan_in"))
         .agg(F.count("*").alias("readers"), F.sum("reads_per_day").alias("reads_per_day"))
-        .select("fan_in", "readers", "reads_per_day")
+        .select("policy", "fan_in", "readers", "reads_per_day")
     )
 
 

@@ -226,3 +226,20 @@ def test_one_pass_curve_equals_brute_force_on_a_random_graph(spark):
         assert got[t] == pytest.approx(expected[t], rel=1e-9, abs=1e-9), t
     weights = [(x["k"], x["reads_per_day"]) for x in T.fan_in_floor_weights(e, r, 3).collect()]
     assert T.read_budget_floor(weights, 0.9) == expected_floor
+
+
+def test_fan_in_histograms_of_several_policies_in_one_pass(spark):
+    from pyspark.sql import functions as F
+
+    a, r, e = frames(spark)
+    modes = T.per_author_modes(a, MODEL, threshold=0, floor=T.PURE_PULL, max_push_active_followers=10**6).withColumn(
+        "pure_push", F.lit(T.PUSH)
+    )
+    rows = T.fan_in(e, r, modes, {"threshold": "threshold_mode", "per_author": "per_author_mode", "push": "pure_push"})
+    got = sorted((x["policy"], x["fan_in"], x["readers"], x["reads_per_day"]) for x in rows.collect())
+    # readers 1 (2 reads a day) and 2 (1 a day) follow 10 and 20; T = 0 pulls both, the per-author rule pulls 20
+    assert got == [
+        ("per_author", 1, 2, 3.0),
+        ("push", 0, 2, 3.0),
+        ("threshold", 2, 2, 3.0),
+    ]

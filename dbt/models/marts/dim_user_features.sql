@@ -9,8 +9,10 @@
 }}
 
 {#-
-  A dense user x day grid that starts 6 days before the first emitted day, so every 7-day window is complete and
-  every follow before the grid is folded into its first day: a full refresh and an incremental run give the same
+  A dense user x day grid that starts 6 days before the first emitted day, so every 7-day window is complete. The
+  cumulative follower and followee counts start from a base: in an incremental run, the table's own row of the day
+  before the first emitted day (so a day's run reads that day's follows, not the whole graph); in a full refresh
+  (or when that day has no rows yet), every follow before the grid folded into its first day. Both give the same
   rows for the same as_of.
 -#}
 
@@ -85,6 +87,27 @@ calendar as (
 
 ),
 
+{% if is_incremental() %}
+base_counts as (
+
+    select
+        this_table.user_id,
+        this_table.feature_date,
+        this_table.followers,
+        this_table.followees
+    from {{ this }} as this_table
+    inner join grid_range
+        on this_table.feature_date = date_sub(grid_range.first_date, 1)
+
+),
+
+has_base as (
+
+    select count(*) > 0 as has_base from base_counts
+
+),
+{% endif %}
+
 follows_bucketed as (
 
     select
@@ -93,6 +116,10 @@ follows_bucketed as (
         greatest(to_date(follows.followed_at), grid_range.grid_start_date) as feature_date
     from follows
     cross join grid_range
+    {% if is_incremental() %}
+        cross join has_base
+        where not has_base.has_base or follows.followed_at >= cast(grid_range.first_date as timestamp)
+    {% endif %}
 
 ),
 
@@ -111,6 +138,15 @@ follow_edges as (
         0 as new_followers,
         1 as new_followees
     from follows_bucketed
+    {% if is_incremental() %}
+        union all
+        select
+            user_id,
+            feature_date,
+            followers as new_followers,
+            followees as new_followees
+        from base_counts
+    {% endif %}
 
 ),
 

@@ -14,10 +14,14 @@ whole project. 90 days is the longest window the marts read (the affinity's deca
 access rate and cold threshold): with less history a full build is not yet the steady-state job it is in
 production, and the ratio flatters neither side. ``--quick``: the tiny world, only the media datasets and
 ``+fct_media_access_daily``.
+
+The generated bronze is kept in ``<state>/bench/dbt_build`` with ``bronze.json`` (scale, seed, days, end,
+datasets, rows) and reused by the next run that asks for the same world; delete the folder to regenerate it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import timedelta
@@ -52,21 +56,31 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     scale = "tiny" if quick else "small"
     seed = settings.world.seed
     work = settings.state_dir / "bench" / "dbt_build"
-    shutil.rmtree(work, ignore_errors=True)
     days = settings.world.days if quick else max(settings.world.days or 0, HISTORY_DAYS)
     world = settings.world.model_copy(update={"days": days})
     st = settings.model_copy(update={"state_dir": work, "jars_path": settings.jars_dir, "world": world})
     datasets = QUICK_DATASETS if quick else None
     select = QUICK_SELECT if quick else None
-    spark = get_spark(st, "bench-dbt")
-    t0 = time.perf_counter()
-    counts = generate(
-        st, scale=scale, seed=seed, days=st.world.days, out_dir=st.landing_dir, spark=spark, datasets=datasets
-    )
-    ingest_landing(st, with_report=False, datasets=datasets)
-    print(
-        f"[bench dbt_build] bronze ready: {sum(counts.values()):,} rows in {time.perf_counter() - t0:.0f}s", flush=True
-    )
+    marker = work / "bronze.json"
+    wanted = {"scale": scale, "seed": seed, "days": days, "end": st.world.end.isoformat(), "datasets": datasets}
+    have = json.loads(marker.read_text()) if marker.exists() else {}
+    if {k: have.get(k) for k in wanted} == wanted:
+        # The same world's bronze from an earlier run (not timed either way); the full build rewrites every model.
+        counts = have["rows"]
+        print(f"[bench dbt_build] reusing bronze in {work} ({sum(counts.values()):,} rows)", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        spark = get_spark(st, "bench-dbt")
+        t0 = time.perf_counter()
+        counts = generate(
+            st, scale=scale, seed=seed, days=st.world.days, out_dir=st.landing_dir, spark=spark, datasets=datasets
+        )
+        ingest_landing(st, with_report=False, datasets=datasets)
+        marker.write_text(json.dumps(wanted | {"rows": counts}))
+        print(
+            f"[bench dbt_build] bronze ready: {sum(counts.values()):,} rows in {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
 
     end = st.world.end
     full = _timed(st, True, end - timedelta(days=1), select)

@@ -84,3 +84,8 @@ FANOUT_POLICIES = _table_asset("fanout", "policies")
 FANOUT_AUTHOR_MODES = _table_asset("fanout", "author_modes")
 FANOUT_INACTIVE_USERS = _table_asset("fanout", "inactive_users")
 FANOUT_ASSETS: dict[str, Asset] = {a.name: a for a in (FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS)}
+
+# Models: the ranker's @champion alias (the ranker DAGs update it; the feed publisher scores with it).
+# Not a table: the registry alias ``models:/ranker@champion`` (the model registry is MLflow's, not the lake's).
+RANKER_CHAMPION = Asset(name="models.ranker_champion", uri="x-darkroom://models/ranker_champion", group="models")
+MODEL_ASSETS: dict[str, Asset] = {"ranker@champion": RANKER_CHAMPION}

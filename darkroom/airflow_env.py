@@ -91,6 +91,12 @@ def _airflow_bin() -> str:
     return str(local) if local.exists() else "airflow"
 
 
+# Pools the DAGs name (created with the DB): slots, description.
+POOLS: dict[str, tuple[int, str]] = {
+    "ranker_training": (1, "one ranker training at a time: the hourly fine-tune never runs over the weekly retrain"),
+}
+
+
 def _stamp_path(settings: DarkroomSettings) -> Path:
     return settings.airflow_home / ".db-migrated"
 
@@ -103,7 +109,8 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
     """
     db = airflow_db_path(settings)
     stamp = _stamp_path(settings)
-    wanted = f"apache-airflow-core {version('apache-airflow-core')} {db}"
+    pools = ",".join(f"{name}={slots}" for name, (slots, _) in sorted(POOLS.items()))
+    wanted = f"apache-airflow-core {version('apache-airflow-core')} {db} pools {pools}"
     if db.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return db
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -118,6 +125,17 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) for {db}:\n{tail}")
+    for name, (slots, description) in POOLS.items():
+        proc = subprocess.run(
+            [_airflow_bin(), "pools", "set", name, str(slots), description],
+            env=subprocess_env(settings),
+            cwd=settings.airflow_home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"`airflow pools set {name}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
     stamp.write_text(wanted + "\n")
     return db
 

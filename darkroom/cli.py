@@ -422,6 +422,115 @@ def fanout_tune(
         raise typer.Exit(2) from None
 
 
+features_app = typer.Typer(help="The feature store: point-in-time training sets, Redis materialisation, checks.")
+app.add_typer(features_app, name="features")
+FeatureServiceOpt = Annotated[str, typer.Option("--service", help="feature service (feature_store/definitions.py)")]
+
+
+def _features_instant(flag: str, value: str):
+    from datetime import UTC, datetime
+
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{flag} {value!r}: expected an ISO date or timestamp (UTC)") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _features_run(settings: DarkroomSettings, service: str, app_name: str):
+    """The service (validated) and the Spark session, or a clean exit naming the problem."""
+    from darkroom.spark import get_spark
+    from feature_store.definitions import FeatureDefinitionError, get_service
+
+    try:
+        svc = get_service(service)
+    except (KeyError, FeatureDefinitionError) as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    return svc, get_spark(settings, app_name)
+
+
+@features_app.command("training-set")
+def features_training_set(
+    start: Annotated[str, typer.Option("--start", help="first impressed_at included, UTC ISO")],
+    end: Annotated[str, typer.Option("--end", help="impressed_at before this, UTC ISO")],
+    service: FeatureServiceOpt = "ranker_v1",
+    config: ConfigOpt = None,
+) -> None:
+    """Point-in-time training set of the impressions in [start, end) -> features.training_set_<service>."""
+    from feature_store.definitions import FeatureDefinitionError
+    from feature_store.offline import build_training_set
+    from feature_store.sources import FeatureSourceError
+
+    settings = _settings(config)
+    svc, spark = _features_run(settings, service, "build_training_set")
+    try:
+        info = build_training_set(
+            spark, settings, svc, _features_instant("--start", start), _features_instant("--end", end)
+        )
+    except (FeatureSourceError, FeatureDefinitionError) as e:
+        typer.echo(f"features training-set: {e}", err=True)
+        raise typer.Exit(2) from None
+    _echo_json({**info.__dict__, "files": len(info.files())})
+
+
+@features_app.command("materialize")
+def features_materialize(
+    start: Annotated[str, typer.Option("--start", help="feature rows after this, UTC ISO")],
+    end: Annotated[str, typer.Option("--end", help="feature rows up to this (included), UTC ISO")],
+    service: FeatureServiceOpt = "ranker_v1",
+    config: ConfigOpt = None,
+) -> None:
+    """Write each entity's latest feature row with feature_ts in (start, end] to Redis (settings.redis_url)."""
+    from feature_store.online import materialize
+    from feature_store.sources import FeatureSourceError
+
+    settings = _settings(config)
+    svc, spark = _features_run(settings, service, "materialize")
+    try:
+        counts = materialize(spark, settings, svc, _features_instant("--start", start), _features_instant("--end", end))
+    except FeatureSourceError as e:
+        typer.echo(f"features materialize: {e}", err=True)
+        raise typer.Exit(2) from None
+    _echo_json({name: c.__dict__ for name, c in counts.items()})
+
+
+@features_app.command("check")
+def features_check(
+    as_of: Annotated[str, typer.Option("--as-of", help="end of the last materialised window, UTC ISO")],
+    since: Annotated[
+        str | None, typer.Option("--since", help="only entities with a row after this (default: within the TTL)")
+    ] = None,
+    sample: Annotated[int | None, typer.Option("--sample", help="entities per view")] = None,
+    view: Annotated[list[str] | None, typer.Option("--view", help="views to check (default: all)")] = None,
+    service: FeatureServiceOpt = "ranker_v1",
+    config: ConfigOpt = None,
+) -> None:
+    """Compare a sample of entities' latest offline values with Redis, per view; exit 1 on a mismatch."""
+    from feature_store.online import FeatureConsistencyError, check_consistency
+    from feature_store.sources import FeatureSourceError
+
+    settings = _settings(config)
+    svc, spark = _features_run(settings, service, "check_consistency")
+    when = _features_instant("--as-of", as_of)
+    after = _features_instant("--since", since) if since else None
+    try:
+        views = [svc.view(v) for v in view] if view else list(svc.views)
+    except KeyError as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    failed = False
+    for v in views:
+        try:
+            typer.echo(check_consistency(spark, settings, v, when, sample=sample, since=after).line())
+        except FeatureConsistencyError as e:
+            typer.echo(str(e), err=True)
+            failed = True
+        except FeatureSourceError as e:
+            typer.echo(f"features check: {e}", err=True)
+            raise typer.Exit(2) from None
+    if failed:
+        raise typer.Exit(1)
+
+
 @tiering_app.command("plan")
 def tiering_plan(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
     """Decide every media's tier from dim_media_tiering; write the decisions and the dry-run report."""
@@ -468,3 +577,79 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+ranker_app = typer.Typer(help="The multi-task feed ranker: weekly retrain, hourly fine-tune, the champion alias.")
+app.add_typer(ranker_app, name="ranker")
+
+
+def _ranker_report(result) -> None:
+    typer.echo(f"mlflow run {result.run_id}: registered version {result.version} (@challenger)")
+    typer.echo(f"gate: {result.decision.reason}")
+    typer.echo(f"@champion is version {result.champion_version}")
+    model = result.quality.get("model", {})
+    for head in ("like", "comment", "save", "share", "follow", "hide", "dwell"):
+        auc, ne = model.get(f"auc_{head}", float("nan")), model.get(f"ne_{head}", float("nan"))
+        typer.echo(f"  {head:<8} AUC {auc:.4f}  NE {ne:.4f}")
+
+
+@ranker_app.command("retrain")
+def ranker_retrain(
+    as_of: WhenOpt = None,
+    baselines: Annotated[bool, typer.Option(help="also train and evaluate logistic regression and LightGBM")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Weekly: a fresh model on the last ranker.train_days days, gated against @champion on the same holdout."""
+    from ml.ranker.features import FeatureSchemaError
+    from ml.ranker.pipeline import RankerRunError, retrain
+
+    settings = _settings(config)
+    try:
+        _ranker_report(retrain(settings, _when(settings, as_of), with_baselines=baselines))
+    except (RankerRunError, FeatureSchemaError) as e:
+        typer.echo(f"ranker retrain: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@ranker_app.command("finetune")
+def ranker_finetune(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Hourly: @champion trained on the last ranker.finetune_hours of impressions, judged on its own holdout."""
+    from ml.ranker.features import FeatureSchemaError
+    from ml.ranker.pipeline import RankerRunError, finetune
+
+    settings = _settings(config)
+    try:
+        _ranker_report(finetune(settings, _when(settings, as_of)))
+    except (RankerRunError, FeatureSchemaError) as e:
+        typer.echo(f"ranker finetune: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@ranker_app.command("promote")
+def ranker_promote(version: Annotated[str, typer.Argument(help="registered model version")], config: ConfigOpt = None):
+    """Point @champion at VERSION by hand (the previous champion is kept for rollback)."""
+    from ml.ranker.pipeline import promote_version
+    from ml.registry import RegistryError
+
+    settings = _settings(config)
+    try:
+        previous = promote_version(settings, version)
+    except RegistryError as e:
+        typer.echo(f"ranker promote: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"@champion: version {previous} -> {version}")
+
+
+@ranker_app.command("rollback")
+def ranker_rollback(config: ConfigOpt = None) -> None:
+    """Put the previous champion back."""
+    from ml.ranker.pipeline import rollback
+    from ml.registry import RegistryError
+
+    settings = _settings(config)
+    try:
+        current, target = rollback(settings)
+    except RegistryError as e:
+        typer.echo(f"ranker rollback: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"@champion: version {current} -> {target}")

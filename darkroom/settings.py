@@ -161,6 +161,109 @@ class FanoutSettings(_Strict):
         return self
 
 
+class FeatureStoreSettings(_Strict):
+    """The feature store (feature_store/): feature views over the marts, training sets, the Redis online store."""
+
+    default_ttl_hours: float = Field(48.0, gt=0, description="a feature value older than this is missing (null)")
+    online_key_prefix: str = Field("fs", min_length=1, description="Redis keys: <prefix>:<view>:<entity key>")
+    consistency_sample: int = Field(1000, ge=1, description="entities compared online against offline per check")
+    online_batch_keys: int = Field(500, ge=1, description="keys per Redis pipeline round trip when materialising")
+
+
+class RankerGateSettings(_Strict):
+    """When a challenger becomes champion: both are evaluated on the same holdout, and the challenger must win."""
+
+    margin: float = Field(
+        0.001, ge=0, description="value-weighted NE must beat the champion's by at least this (absolute NE units)"
+    )
+    head_tolerance: float = Field(0.01, ge=0, description="no head's NE may be worse than the champion's by more")
+
+
+class RankerSettings(_Strict):
+    """The multi-task feed ranker (ml/ranker/); the seed's value weights are defaults."""
+
+    value_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "like": 1.0,
+            "comment": 2.0,
+            "save": 3.0,
+            "share": 3.0,
+            "follow": 5.0,
+            "hide": -10.0,
+            "dwell": 1.0,
+        },
+        description="value score = sum of weight x predicted probability over the seven heads",
+    )
+    experiment: str = Field("ranker", min_length=1, description="MLflow experiment of training runs")
+    registered_model: str = Field("ranker", min_length=1, description="MLflow registered model name")
+    gate: RankerGateSettings = RankerGateSettings()
+    feature_service: str = Field("ranker_v1", min_length=1, description="feature service the training sets use")
+    train_days: int = Field(
+        7, ge=2, le=90, description="the weekly retrain's window: the last N days (holdout included)"
+    )
+    finetune_hours: float = Field(
+        1.0, gt=0, le=24, description="the hourly fine-tune trains on the last this many hours"
+    )
+    # Features: hashed ids and hashtags; the dense columns are inferred from the training set's schema.
+    id_columns: list[str] = Field(
+        default_factory=lambda: ["viewer_id", "author_id", "post_id"],
+        min_length=1,
+        description="single-valued id columns, each hashed into its own embedding table",
+    )
+    id_buckets: int = Field(1 << 20, ge=2, description="hash buckets (embedding rows) per id column")
+    multi_buckets: int = Field(1 << 16, ge=2, description="hash buckets per multi-valued column (hashtags)")
+    bag_mode: Literal["mean", "sum"] = Field("mean", description="pooling of a multi-valued column's embeddings")
+    # The model: an MMoE (shared experts, one softmax gate and one tower per head).
+    embedding_dim: int = Field(32, ge=1, description="width of every embedding table")
+    dense_hidden: list[int] = Field(default_factory=lambda: [64], description="the dense features' MLP")
+    num_experts: int = Field(4, ge=1, description="shared experts of the MMoE")
+    expert_hidden: list[int] = Field(
+        default_factory=lambda: [128, 64], min_length=1, description="each expert's MLP; the last is its output"
+    )
+    tower_hidden: list[int] = Field(default_factory=lambda: [32], description="each head's tower before its logit")
+    # Training.
+    batch_size: int = Field(1024, ge=1, description="examples per step (per process when distributed)")
+    epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the dense parameters")
+    embedding_learning_rate: float = Field(1e-2, gt=0, description="learning rate of the embedding tables")
+    embedding_optimizer: Literal["sparse_adam", "adagrad", "dense_adam"] = Field(
+        "sparse_adam",
+        description="sparse_adam and adagrad use sparse gradients (rows touched by the batch only); dense_adam is "
+        "the slow reference (about 4x slower on large tables)",
+    )
+    shuffle_buffer_rows: int = Field(65_536, ge=0, description="rows shuffled together while streaming; 0 = no shuffle")
+    seed: int = Field(0, description="initial weights and shuffling")
+    num_processes: int = Field(1, ge=1, description="training processes (TorchDistributor when above 1)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="threads per process (torch, LightGBM); default its share of the cores less one"
+    )
+    holdout_days: int = Field(1, ge=1, description="the last days of the training set held out for evaluation")
+    finetune_lr_scale: float = Field(0.1, gt=0, le=1, description="fine-tuning multiplies both learning rates by this")
+    finetune_epochs: int = Field(1, ge=1, description="epochs of a fine-tune on the last hour's impressions")
+    # Baselines, on the same features and split.
+    baseline_max_rows: int = Field(1_000_000, ge=1, description="training rows sampled for the baselines")
+    logreg_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regression")
+    logreg_hash_buckets: int = Field(1 << 18, ge=16, description="one-hot columns of the hashed ids and hashtags")
+    lgbm_rounds: int = Field(200, ge=1)
+    lgbm_num_leaves: int = Field(31, ge=2)
+    lgbm_learning_rate: float = Field(0.05, gt=0)
+
+    @field_validator("value_weights")
+    @classmethod
+    def _seven_heads(cls, v: dict[str, float]) -> dict[str, float]:
+        heads = {"like", "comment", "save", "share", "follow", "hide", "dwell"}
+        if set(v) != heads:
+            raise ValueError(f"value_weights needs exactly {sorted(heads)}, got {sorted(v)}")
+        return v
+
+    @field_validator("dense_hidden", "expert_hidden", "tower_hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError(f"layer widths must be positive, got {v}")
+        return v
+
+
 class MlflowSettings(_Strict):
     """Where runs are tracked; default a SQLite store and artifact folder under the state folder."""
 
@@ -188,6 +291,8 @@ class DarkroomSettings(BaseSettings):
     tiering: TieringSettings = TieringSettings()
     fanout: FanoutSettings = FanoutSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    feature_store: FeatureStoreSettings = FeatureStoreSettings()
+    ranker: RankerSettings = RankerSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
     from darkroom.settings import DarkroomSettings
 
-Layer = Literal["landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout"]
+Layer = Literal[
+    "landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout", "features"
+]
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
 
@@ -94,6 +96,24 @@ FANOUT_AUTHOR_MODES_DDL = (
     "per_author_mode STRING NOT NULL, push_cost DOUBLE NOT NULL, pull_cost DOUBLE NOT NULL"
 )
 FANOUT_INACTIVE_USERS_DDL = "version STRING NOT NULL, user_id BIGINT NOT NULL"
+# The ranker's training set (feature_store, service ranker_v1): the impression, its point-in-time features
+# (<view>__<feature>, feature_store/definitions.py) and the seven labels; a test keeps it equal to the service's.
+TRAINING_SET_RANKER_V1_DDL = (
+    "viewer_id BIGINT NOT NULL, post_id BIGINT NOT NULL, author_id BIGINT, impressed_at TIMESTAMP NOT NULL, "
+    "impression_date DATE NOT NULL, surface STRING, position INT, "
+    "viewer__account_age_days DOUBLE, viewer__followers BIGINT, viewer__followees BIGINT, "
+    "viewer__feed_reads_7d BIGINT, viewer__impressions_7d BIGINT, viewer__likes_7d BIGINT, "
+    "viewer__like_rate_7d DOUBLE, "
+    "author__account_age_days DOUBLE, author__followers BIGINT, author__followees BIGINT, author__posts_7d BIGINT, "
+    "post__age_hours DOUBLE, post__media_count INT, post__caption_length INT, post__hashtag_count INT, "
+    "post__impressions BIGINT, post__likes BIGINT, post__comments BIGINT, post__saves BIGINT, post__shares BIGINT, "
+    "post__hides BIGINT, post__like_rate DOUBLE, post__author_followers BIGINT, "
+    "viewer_author__decayed_likes DOUBLE, viewer_author__decayed_comments DOUBLE, viewer_author__decayed_dms DOUBLE, "
+    "viewer_author__decayed_profile_visits DOUBLE, viewer_author__affinity_score DOUBLE, "
+    "viewer_author__feature_age_hours DOUBLE, post_hashtags__hashtags ARRAY<STRING>, "
+    "label_like INT NOT NULL, label_comment INT NOT NULL, label_save INT NOT NULL, label_share INT NOT NULL, "
+    "label_follow INT NOT NULL, label_hide INT NOT NULL, label_dwell INT NOT NULL"
+)
 
 
 @cache
@@ -148,6 +168,13 @@ def _registry() -> dict[str, Table]:
         key=("version", "user_id"),
         partition_by=("version",),
         _schema_ddl=FANOUT_INACTIVE_USERS_DDL,
+    )
+    tables["features.training_set_ranker_v1"] = Table(
+        name="training_set_ranker_v1",
+        layer="features",
+        key=("viewer_id", "post_id", "impressed_at"),
+        partition_by=("impression_date",),
+        _schema_ddl=TRAINING_SET_RANKER_V1_DDL,
     )
     for layer, name, key in dbt_model_tables():
         tables[f"{layer}.{name}"] = Table(name=name, layer=layer, key=key)

@@ -17,7 +17,18 @@ from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, load_settings
 from darkroom.tables import dataset_table, dbt_model_tables, table
 
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-HEAVY_MODULES = ("pyspark", "py4j", "delta", "great_expectations", "jobs", "data_contracts")
+HEAVY_MODULES = (
+    "pyspark",
+    "py4j",
+    "delta",
+    "great_expectations",
+    "jobs",
+    "data_contracts",
+    "torch",
+    "mlflow",
+    "ml",
+    "feature_store",
+)
 
 
 _DAGBAG_PROBE = """
@@ -33,6 +44,7 @@ print(json.dumps({
     "mart_assets": {m: asset(a) for m, a in dags.assets.MART_ASSETS.items()},
     "storage_assets": {m: asset(a) for m, a in dags.assets.STORAGE_ASSETS.items()},
     "fanout_assets": {m: asset(a) for m, a in dags.assets.FANOUT_ASSETS.items()},
+    "model_assets": {m: asset(a) for m, a in dags.assets.MODEL_ASSETS.items()},
     "asset_constants": {k: asset(a) for k, a in vars(dags.assets).items() if isinstance(a, Asset)},
     "import_errors": bag.import_errors,
     "dags": {
@@ -145,13 +157,17 @@ def test_assets_name_the_registry_tables(dagbag):
     for name, asset in {**dagbag["storage_assets"], **dagbag["fanout_assets"]}.items():
         t = table(name)
         assert asset == {"name": name, "uri": f"x-darkroom://{t.layer}/{t.name}", "group": t.layer}
-    # Every constant is wired, and each names a different table.
+    for alias, asset in dagbag["model_assets"].items():  # registry aliases: models:/<name>@<alias>
+        name = alias.replace("@", "_")
+        assert asset == {"name": f"models.{name}", "uri": f"x-darkroom://models/{name}", "group": "models"}
+    # Every constant is wired, and each names a different table (or model alias).
     constants = list(dagbag["asset_constants"].values())
     wired = [
         *by_dataset.values(),
         *marts.values(),
         *dagbag["storage_assets"].values(),
         *dagbag["fanout_assets"].values(),
+        *dagbag["model_assets"].values(),
     ]
     assert sorted(a["uri"] for a in constants) == sorted(a["uri"] for a in wired)
     assert len({a["uri"] for a in constants}) == len(constants)

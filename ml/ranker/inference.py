@@ -82,6 +82,22 @@ class RankerScorer:
         return folder
 
 
+def scoring_frame(data: pa.Table, spec: FeatureSpec) -> pd.DataFrame:
+    """The pyfunc's input contract as pandas: id columns int64, dense features float64 (NaN = missing), multi-valued
+    columns as lists of strings. MLflow enforces the logged signature, which will not turn an int64 column into a
+    double one, so callers build their frames with this."""
+    import pyarrow.compute as pc
+
+    cols: dict[str, Any] = {}
+    for c in spec.id_columns:
+        cols[c] = pc.fill_null(data.column(c), 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    for c in spec.dense_columns:
+        cols[c] = data.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    for c in spec.multi_columns:
+        cols[c] = data.column(c).to_pylist()
+    return pd.DataFrame(cols)
+
+
 def load_scorer(folder: Path) -> RankerScorer:
     import torch
 

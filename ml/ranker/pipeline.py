@@ -188,9 +188,10 @@ def _log_model(scorer: RankerScorer, example_source: ParquetSource, name: str, f
     from mlflow.models import infer_signature
 
     from ml.ranker.data import read_columns
-    from ml.ranker.inference import RankerPyfunc
+    from ml.ranker.inference import RankerPyfunc, scoring_frame
 
-    example = read_columns(example_source, scorer.spec.feature_columns(labels=False)).slice(0, 5).to_pandas()
+    rows = read_columns(example_source, scorer.spec.feature_columns(labels=False)).slice(0, 5)
+    example = scoring_frame(rows, scorer.spec)
     signature = infer_signature(example, scorer.predict_pandas(example))
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,

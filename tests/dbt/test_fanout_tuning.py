@@ -5,12 +5,11 @@ the model, a re-run that changes nothing, a bad graph refused, and the DAG run f
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 
-from darkroom.airflow_env import airflow_db_path, run_dag_test
+from darkroom.airflow_env import last_dag_run, run_dag_test
 from darkroom.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -159,15 +158,6 @@ def test_a_graph_with_a_self_follow_is_refused(fanout, spark, tmp_path):
 def test_the_dag_tunes_and_validates_by_replay(fanout, tuned):
     proc = run_dag_test(fanout, "fanout_threshold_tuning", "2026-11-01T00:00:00+00:00")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    with sqlite3.connect(airflow_db_path(fanout)) as db:
-        [(run_id, state)] = db.execute(
-            "SELECT run_id, state FROM dag_run WHERE dag_id = 'fanout_threshold_tuning' ORDER BY id DESC LIMIT 1"
-        ).fetchall()
-        tasks = dict(
-            db.execute(
-                "SELECT task_id, state FROM task_instance WHERE dag_id = 'fanout_threshold_tuning' AND run_id = ?",
-                (run_id,),
-            )
-        )
+    state, tasks = last_dag_run(fanout, "fanout_threshold_tuning")
     assert state == "success"
     assert tasks == {"day_complete": "success", "fanout_threshold": "success", "replay_validation": "success"}

@@ -54,3 +54,27 @@ def test_last_day_training_set_and_online_consistency(dbt_world, spark, redis_ur
     for view in RANKER_V1.views:
         report = check_consistency(spark, s, view, end, redis_url, sample=200, since=start)
         assert report.ok and report.sampled == min(200, counts[view.name].entities), report.line()
+
+
+def test_the_dag_materializes_and_checks(dbt_world, redis_url):
+    import redis
+
+    from darkroom.airflow_env import last_dag_run, run_dag_test
+    from darkroom.settings import load_settings
+
+    base = dbt_world.settings
+    s = load_settings(
+        state_dir=base.state_dir,
+        jars_path=base.jars_dir,
+        spark=base.spark.model_dump(),
+        world=base.world.model_dump(),
+        dbt=base.dbt.model_dump(),
+        redis_url=redis_url,
+    )
+    proc = run_dag_test(s, "feature_materialize", dbt_world.as_of.isoformat())
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    state, tasks = last_dag_run(s, "feature_materialize")
+    assert state == "success" and tasks == {"materialize": "success", "check_consistency": "success"}
+    client = redis.Redis.from_url(redis_url)
+    viewer_keys = list(client.scan_iter(match=f"{s.feature_store.online_key_prefix}:viewer:*", count=1000))
+    assert viewer_keys and b"_feature_ts" in client.hgetall(viewer_keys[0])

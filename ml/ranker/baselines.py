@@ -138,8 +138,16 @@ def logistic_features(table: pa.Table, spec: FeatureSpec, buckets: int) -> sp.cs
 
 
 def lightgbm_features(table: pa.Table, spec: FeatureSpec) -> np.ndarray:
-    """[raw dense values (NaN = missing) | ids as numbers | multi-valued lengths]."""
-    ids = [pc.cast(table.column(c), pa.float64()).to_numpy(zero_copy_only=False) for c in spec.id_columns]
+    """[raw dense values (NaN = missing) | ids as their hash buckets | multi-valued lengths].
+
+    Ids are hashed as the model hashes them: 64-bit ids do not fit a double exactly, and their raw order carries
+    nothing a tree could split on usefully anyway."""
+    ids = [
+        hash_ids(
+            pc.fill_null(table.column(c), 0).to_numpy(zero_copy_only=False), spec.id_buckets, column_salt(c)
+        ).astype(np.float64)
+        for c in spec.id_columns
+    ]
     lengths = [
         pc.fill_null(pc.list_value_length(table.column(c)), 0).to_numpy(zero_copy_only=False).astype(np.float64)
         for c in spec.multi_columns

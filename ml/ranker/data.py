@@ -74,9 +74,12 @@ def as_source(files: Files) -> ParquetSource:
 
 # --- time -------------------------------------------------------------------------------------------------------------
 def _micros(dt: datetime) -> int:
+    """Epoch microseconds of any datetime, a naive one read as UTC (plain integer arithmetic: Airflow hands out
+    pendulum datetimes, whose differences do not divide by a ``timedelta``)."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _from_micros(us: int) -> datetime:

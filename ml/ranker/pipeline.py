@@ -85,7 +85,9 @@ def training_lock(settings: DarkroomSettings):
 
 
 def _utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    """A plain UTC ``datetime`` (Airflow passes pendulum's subclass, which Spark and arithmetic treat differently)."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
 
 
 def _flat_params(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:

@@ -385,13 +385,16 @@ def _distributed_worker(
         dist.all_gather_object(replicas, state_fingerprint(model.state_dict()))
         if len(set(replicas)) != 1:
             raise RuntimeError(f"the ranks' weights diverged after training: {replicas}")
-        if rank != 0:
-            return None
+        # TorchDistributor has every process write its return value to the same file, and the last one to finish
+        # wins: so every rank returns the same thing (its weights, equal on every rank as just checked, and rank 0's
+        # history and timings, broadcast).
+        report: list[Any] = [
+            {"history": history, "fingerprint": fingerprint, "seconds": seconds} if rank == 0 else None
+        ]
+        dist.broadcast_object_list(report, src=0)
         return {
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "history": history,
-            "fingerprint": fingerprint,
-            "seconds": seconds,
+            **report[0],
             "examples": examples,
             "world_size": world,
         }

@@ -44,14 +44,7 @@ def ranker_hourly():
     def finetune() -> dict:
         from ml.ranker.pipeline import finetune as run_finetune
 
-        result = run_finetune(_settings(), run_as_of(get_current_context()))
-        return {
-            "run_id": result.run_id,
-            "version": result.version,
-            "promoted": result.decision.promote,
-            "reason": result.decision.reason,
-            "champion": result.champion_version,
-        }
+        return run_finetune(_settings(), run_as_of(get_current_context())).summary()
 
     finetune()
 

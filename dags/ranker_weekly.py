@@ -55,14 +55,7 @@ def ranker_weekly():
     def retrain() -> dict:
         from ml.ranker.pipeline import retrain as run_retrain
 
-        result = run_retrain(_settings(), run_as_of(get_current_context()))
-        return {
-            "run_id": result.run_id,
-            "version": result.version,
-            "promoted": result.decision.promote,
-            "reason": result.decision.reason,
-            "champion": result.champion_version,
-        }
+        return run_retrain(_settings(), run_as_of(get_current_context())).summary()
 
     week_complete() >> retrain()
 

@@ -67,6 +67,16 @@ class RankerRunResult:
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """What a DAG task returns (XCom): the run, the version, and the gate's decision."""
+        return {
+            "run_id": self.run_id,
+            "version": self.version,
+            "promoted": self.decision.promote,
+            "reason": self.decision.reason,
+            "champion": self.champion_version,
+        }
+
 
 @contextmanager
 def training_lock(settings: DarkroomSettings):

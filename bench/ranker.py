@@ -132,7 +132,9 @@ def _full(settings: DarkroomSettings) -> dict:
     world = _world(spark, st)
     as_of = datetime.fromisoformat(world["as_of"])
     t0 = time.perf_counter()
-    result = retrain(st, as_of, spark=spark, with_baselines=True)
+    result = retrain(
+        st, as_of, spark=spark, with_baselines=True, progress=lambda m: print(f"[bench ranker] {m}", flush=True)
+    )
     retrain_s = time.perf_counter() - t0
     print(f"[bench ranker] weekly retrain in {retrain_s:.0f}s: {result.examples_per_s:,.0f} examples/s", flush=True)
 

@@ -605,7 +605,7 @@ def ranker_retrain(
 
     settings = _settings(config)
     try:
-        _ranker_report(retrain(settings, _when(settings, as_of), with_baselines=baselines))
+        _ranker_report(retrain(settings, _when(settings, as_of), with_baselines=baselines, progress=typer.echo))
     except (RankerRunError, FeatureSchemaError) as e:
         typer.echo(f"ranker retrain: {e}", err=True)
         raise typer.Exit(2) from None
@@ -619,7 +619,7 @@ def ranker_finetune(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
 
     settings = _settings(config)
     try:
-        _ranker_report(finetune(settings, _when(settings, as_of)))
+        _ranker_report(finetune(settings, _when(settings, as_of), progress=typer.echo))
     except (RankerRunError, FeatureSchemaError) as e:
         typer.echo(f"ranker finetune: {e}", err=True)
         raise typer.Exit(2) from None

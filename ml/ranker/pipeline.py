@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,15 @@ def training_lock(settings: DarkroomSettings):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _epoch_line(stats) -> str:
+    like = (stats.holdout or {}).get("like", {})
+    holdout = f", holdout like AUC {like['auc']:.4f} NE {like['ne']:.4f}" if like else ""
+    return (
+        f"ranker: epoch {stats.epoch}: loss {stats.loss:.4f}, {stats.examples:,} examples in {stats.seconds:.0f}s "
+        f"({stats.examples_per_s:,.0f}/s){holdout}"
+    )
 
 
 def _utc(ts: datetime) -> datetime:
@@ -228,6 +238,7 @@ def _run(
     init_scorer: RankerScorer | None,
     with_baselines: bool,
     oracle=None,
+    progress: Callable[[str], None],
 ) -> RankerRunResult:
     import mlflow
 
@@ -265,7 +276,14 @@ def _run(
         }
         mlflow.set_tags(tags)
         trainer = train_distributed if train_cfg.num_processes > 1 else train
-        result = trainer(train_source, spec, train_cfg, init_state=init_state, eval_files=holdout_source)
+        progress(f"ranker {kind}: training ({train_cfg.epochs} epoch(s), {train_cfg.num_processes} process(es))")
+        on_epoch = None if train_cfg.num_processes > 1 else (lambda e: progress(_epoch_line(e)))
+        result = trainer(
+            train_source, spec, train_cfg, init_state=init_state, eval_files=holdout_source, on_epoch=on_epoch
+        )
+        if on_epoch is None:
+            for stats in result.history:
+                progress(_epoch_line(stats))
         for stats in result.history:
             mlflow.log_metrics(stats.metrics(), step=stats.epoch)
         # The weights the run started from and ended with: a fine-tune's start equals its champion's end.
@@ -284,6 +302,7 @@ def _run(
         if with_baselines or oracle is not None:
             quality |= _compare(cfg, train_source, holdout_source, labels, probs, with_baselines, oracle, spec)
 
+        progress(f"ranker {kind}: evaluated on {holdout_rows:,} holdout rows ({', '.join(sorted(quality))})")
         info = _log_model(scorer, holdout_source, cfg.registered_model, folder)
         version = str(info.registered_model_version)
         R.mark_challenger(c, cfg.registered_model, version)
@@ -306,6 +325,7 @@ def _run(
         if decision.promote:
             R.promote(c, cfg.registered_model, version, reason=decision.reason)
         champion_after = R.alias_version(c, cfg.registered_model, R.CHAMPION)
+        progress(f"ranker {kind}: version {version} registered; {decision.reason}")
         mlflow.set_tags({"gate_promoted": str(decision.promote).lower(), "gate_reason": decision.reason})
         mlflow.log_metrics(
             {"gate_challenger_value_ne": decision.challenger_value_ne}
@@ -372,14 +392,15 @@ def retrain(
     *,
     spark: SparkSession | None = None,
     with_baselines: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> RankerRunResult:
     """Weekly: a fresh model on the ``ranker.train_days`` days before ``as_of``; the last ``holdout_days`` are held
     out (train on earlier days, evaluate on the last)."""
     with training_lock(settings):
-        return _retrain(settings, as_of, spark=spark, with_baselines=with_baselines)
+        return _retrain(settings, as_of, spark=spark, with_baselines=with_baselines, progress=progress or log.info)
 
 
-def _retrain(settings, as_of, *, spark, with_baselines) -> RankerRunResult:
+def _retrain(settings, as_of, *, spark, with_baselines, progress) -> RankerRunResult:
     from darkroom.spark import get_spark
     from feature_store.offline import build_training_set, training_set_files
     from ml.ranker.data import as_source
@@ -389,7 +410,12 @@ def _retrain(settings, as_of, *, spark, with_baselines) -> RankerRunResult:
     spark = spark or get_spark(settings, "ranker_weekly")
     service = _service(settings)
     start = as_of - timedelta(days=cfg.train_days)
+    t0 = time.perf_counter()
     ts = build_training_set(spark, settings, service, start, as_of)
+    progress(
+        f"ranker: training set {ts.table} v{ts.version}: {ts.rows:,} impressions of {start:%Y-%m-%d %H:%M} .. "
+        f"{as_of:%Y-%m-%d %H:%M} in {time.perf_counter() - t0:.0f}s"
+    )
     if ts.rows == 0:
         raise RankerRunError(f"no impressions in {start.isoformat()} .. {as_of.isoformat()}: nothing to train on")
     files = training_set_files(settings, service, ts.version, start, as_of)
@@ -409,17 +435,24 @@ def _retrain(settings, as_of, *, spark, with_baselines) -> RankerRunResult:
         init_scorer=None,
         with_baselines=with_baselines,
         oracle=oracle,
+        progress=progress,
     )
 
 
-def finetune(settings: DarkroomSettings, as_of: datetime, *, spark: SparkSession | None = None) -> RankerRunResult:
+def finetune(
+    settings: DarkroomSettings,
+    as_of: datetime,
+    *,
+    spark: SparkSession | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RankerRunResult:
     """Hourly: ``models:/ranker@champion`` trained on the last ``finetune_hours`` of impressions with a small
     learning rate, evaluated on the champion's own holdout (its training set version, read by time travel)."""
     with training_lock(settings):
-        return _finetune(settings, as_of, spark=spark)
+        return _finetune(settings, as_of, spark=spark, progress=progress or log.info)
 
 
-def _finetune(settings, as_of, *, spark) -> RankerRunResult:
+def _finetune(settings, as_of, *, spark, progress) -> RankerRunResult:
     from darkroom.spark import get_spark
     from feature_store.offline import build_training_set, training_set_files
     from ml.ranker.data import as_source
@@ -444,7 +477,12 @@ def _finetune(settings, as_of, *, spark) -> RankerRunResult:
             f"fine-tune window {start.isoformat()} .. {as_of.isoformat()} overlaps the champion's holdout "
             f"(ends {h_end.isoformat()}): it would train on the rows it is judged on"
         )
+    t0 = time.perf_counter()
     ts = build_training_set(spark, settings, service, start, as_of)
+    progress(
+        f"ranker: training set {ts.table} v{ts.version}: {ts.rows:,} impressions of {start:%Y-%m-%d %H:%M} .. "
+        f"{as_of:%Y-%m-%d %H:%M} in {time.perf_counter() - t0:.0f}s"
+    )
     if ts.rows == 0:
         raise RankerRunError(f"no impressions in {start.isoformat()} .. {as_of.isoformat()}: nothing to fine-tune on")
     train_source = as_source(training_set_files(settings, service, ts.version, start, as_of)).window(start, as_of)
@@ -460,6 +498,7 @@ def _finetune(settings, as_of, *, spark) -> RankerRunResult:
         holdout_window=(h_start, h_end),
         init_scorer=init,
         with_baselines=False,
+        progress=progress,
     )
 
 

@@ -8,7 +8,9 @@ regression and LightGBM on the same features and split, the generator's oracle),
   one epoch over the same window of the training set, one after the other in this process;
 - batch scoring: the registered model (loaded back from MLflow) scores the holdout's rows, candidates/s;
 - the quality table: AUC, NE and calibration per head for the model, both baselines and the oracle, and the goals
-  (within 0.01 AUC of the oracle on like, 0.03 on the rarer heads; NE better than both baselines on every head).
+  (within 0.01 AUC of the oracle on like, 0.03 on the rarer heads; NE better than both baselines on every head);
+- the MLflow comparison (``cadence``): the weekly run (as of the world's last day, which it leaves for the
+  fine-tunes) and the two hourly fine-tunes after it, each with its registry version, the gate's decision and reason.
 
 The world (generated, ingested, the ranker's marts built by dbt as of the world's end) is kept in
 ``<state>/bench/ranker/world.json``'s folder between runs; delete the folder to rebuild it (about 15 minutes).
@@ -31,6 +33,7 @@ from darkroom.settings import DarkroomSettings
 
 RANKER_MARTS = ["+fct_engagement_labels", "+dim_user_features", "+dim_post_features", "+fct_viewer_author_affinity"]
 PEER_WINDOW = timedelta(hours=2)
+FINETUNE_AFTER_HOURS = (1, 2)  # the hourly fine-tunes after the weekly run, as the ranker_hourly DAG runs them
 RESULTS = Path(__file__).resolve().parent / "results" / "ranker"
 HEADS = ("like", "comment", "save", "share", "follow", "hide", "dwell")
 
@@ -114,6 +117,37 @@ def _table(quality: dict) -> dict:
     }
 
 
+def _progress(message: str) -> None:
+    print(f"[bench ranker] {message}", flush=True)
+
+
+def _cadence_row(st: DarkroomSettings, result, seconds: float) -> dict:
+    """One run of the MLflow comparison: what the registry and the gate recorded for it."""
+    from darkroom.tracking import tracking_uri
+    from ml import registry as R
+
+    run = R.client(tracking_uri(st)).get_run(result.run_id)
+    model = result.quality["model"]
+    return {
+        "version": result.version,
+        "kind": result.kind,
+        "run_name": run.info.run_name,
+        "mlflow_run_id": result.run_id,
+        "training_window": run.data.tags.get("training_window"),
+        "started_from": run.data.tags.get("started_from"),
+        "train_rows": result.train_rows,
+        "promoted": result.decision.promote,
+        "reason": result.decision.reason,
+        "value_ne": round(result.decision.challenger_value_ne, 5),
+        "champion_value_ne": (
+            round(result.decision.champion_value_ne, 5) if result.decision.champion_value_ne is not None else None
+        ),
+        "auc_like": round(model["auc_like"], 4),
+        "champion_after": result.champion_version,
+        "seconds": round(seconds, 1),
+    }
+
+
 def _full(settings: DarkroomSettings) -> dict:
     from darkroom.spark import get_spark
     from darkroom.tracking import tracking_uri
@@ -122,7 +156,7 @@ def _full(settings: DarkroomSettings) -> dict:
     from ml import registry as R
     from ml.ranker.data import as_source
     from ml.ranker.inference import load_registered
-    from ml.ranker.pipeline import retrain
+    from ml.ranker.pipeline import finetune, retrain
 
     work = settings.state_dir / "bench" / "ranker"
     work.mkdir(parents=True, exist_ok=True)
@@ -130,11 +164,10 @@ def _full(settings: DarkroomSettings) -> dict:
     st = settings.model_copy(update={"state_dir": work, "jars_path": settings.jars_dir})
     spark = get_spark(st, "bench-ranker")
     world = _world(spark, st)
-    as_of = datetime.fromisoformat(world["as_of"])
+    # The weekly run leaves the world's last day for the hourly fine-tunes after it.
+    as_of = datetime.fromisoformat(world["as_of"]) - timedelta(days=1)
     t0 = time.perf_counter()
-    result = retrain(
-        st, as_of, spark=spark, with_baselines=True, progress=lambda m: print(f"[bench ranker] {m}", flush=True)
-    )
+    result = retrain(st, as_of, spark=spark, with_baselines=True, progress=_progress)
     retrain_s = time.perf_counter() - t0
     print(f"[bench ranker] weekly retrain in {retrain_s:.0f}s: {result.examples_per_s:,.0f} examples/s", flush=True)
 
@@ -149,6 +182,11 @@ def _full(settings: DarkroomSettings) -> dict:
     print(f"[bench ranker] sparse {sparse['examples_per_s']:,}/s, dense Adam {dense['examples_per_s']:,}/s", flush=True)
     scoring = _scoring(scorer, source.window(boundary, as_of))
     print(f"[bench ranker] scoring {scoring['candidates_per_s']:,} candidates/s", flush=True)
+    cadence = [_cadence_row(st, result, retrain_s)]
+    for hours in FINETUNE_AFTER_HOURS:
+        t0 = time.perf_counter()
+        tuned = finetune(st, as_of + timedelta(hours=hours), spark=spark, progress=_progress)
+        cadence.append(_cadence_row(st, tuned, time.perf_counter() - t0))
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     c = R.client(tracking_uri(st))
@@ -169,6 +207,7 @@ def _full(settings: DarkroomSettings) -> dict:
             "mlflow_run_id": result.run_id,
         },
         "scoring": scoring,
+        "cadence": cadence,
         "quality": _table(result.quality),
         "goals": _goals(result.quality),
         "report_files": sorted(p.name for p in RESULTS.iterdir()),

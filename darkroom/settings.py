@@ -66,6 +66,12 @@ class DbtSettings(_Strict):
     affinity_half_life_days: float = Field(7.0, gt=0, description="half-life of viewer-author interactions")
     dwell_threshold_ms: int = Field(10_000, ge=0, description="the dwell head's label: dwell above this")
     post_feature_horizon_days: int = Field(30, ge=1, le=366, description="daily post features while younger than this")
+    threads: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="dbt threads: nodes run at once, each a query on the one shared Spark session (dbt --threads)",
+    )
     unit_tests: bool = Field(
         False,
         description="run the unit tests in `dbt build`; their inputs are static, so dbt advises CI only (the test suite"
@@ -199,7 +205,11 @@ class RankerSettings(_Strict):
     gate: RankerGateSettings = RankerGateSettings()
     feature_service: str = Field("ranker_v1", min_length=1, description="feature service the training sets use")
     train_days: int = Field(
-        7, ge=2, le=90, description="the weekly retrain's window: the last N days (holdout included)"
+        28,
+        ge=2,
+        le=90,
+        description="the weekly retrain's window: the last N days (holdout included); at small, 28 days beat 7 on "
+        "every head (bench/ranker)",
     )
     finetune_hours: float = Field(
         1.0, gt=0, le=24, description="the hourly fine-tune trains on the last this many hours"
@@ -223,7 +233,9 @@ class RankerSettings(_Strict):
     tower_hidden: list[int] = Field(default_factory=lambda: [32], description="each head's tower before its logit")
     # Training.
     batch_size: int = Field(1024, ge=1, description="examples per step (per process when distributed)")
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(
+        1, ge=1, description="passes over the training window; a second pass memorises the id tables (bench/ranker)"
+    )
     learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the dense parameters")
     embedding_learning_rate: float = Field(1e-2, gt=0, description="learning rate of the embedding tables")
     embedding_optimizer: Literal["sparse_adam", "adagrad", "dense_adam"] = Field(

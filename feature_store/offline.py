@@ -124,14 +124,15 @@ def build_training_set(
 
 
 def _rows_written(spark: SparkSession, t: Table, settings: DarkroomSettings, version: int) -> int:
-    """Rows the commit ``version`` wrote (its operation metrics; counted from the table if they are missing)."""
+    """Rows of the window the commit ``version`` wrote (its operation metrics; counted from the table if they are
+    missing). A window that is not whole days rewrites its days' files: the rows copied from them are not counted."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     history = DeltaTable.forPath(spark, t.uri(settings)).history().where(F.col("version") == version)
     metrics = history.select("operationMetrics").collect()[0][0] or {}
     if "numOutputRows" in metrics:
-        return int(metrics["numOutputRows"])
+        return int(metrics["numOutputRows"]) - int(metrics.get("numCopiedRows", 0))
     return spark.read.format("delta").option("versionAsOf", version).load(t.uri(settings)).count()
 
 

@@ -478,7 +478,7 @@ def fit_dense_stats(files: Files, spec: FeatureSpec) -> FeatureSpec:
     check_files(src, spec)
     k = len(spec.dense_columns)
     n, s, ss = np.zeros(k), np.zeros(k), np.zeros(k)
-    for t in iter_tables(src, spec.dense_columns):
+    for t in iter_tables(src, spec.dense_sources()):
         x = signed_log1p(dense_matrix(t, spec.dense_columns))
         ok = np.isfinite(x)
         x = np.where(ok, x, 0.0)

@@ -177,15 +177,16 @@ def compare_for_pipeline(
     oracle: pd.DataFrame | pa.Table | None = None,
     spec: FeatureSpec | None = None,
     model_name: str = "model",
+    others: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The training pipeline's comparison: the model's holdout ``probs`` beside the baselines and the oracle.
 
     Returns model -> ``<metric>_<head>`` -> value for ``model_name`` (with ``auc_gap_<head>`` when there is an
-    oracle), ``logistic`` and ``lightgbm`` (with ``with_baselines``; fitted on ``train_source`` with ``spec``, by
-    default the spec ``prepare_spec`` fits on it) and ``oracle``. ``labels`` and ``probs`` follow the holdout's
-    row order.
+    oracle), every model of ``others`` (name -> head -> probabilities, e.g. the champion), ``logistic`` and
+    ``lightgbm`` (with ``with_baselines``; fitted on ``train_source`` with ``spec``, by default the spec
+    ``prepare_spec`` fits on it) and ``oracle``. ``labels`` and every prediction follow the holdout's row order.
     """
-    predictions: dict[str, Mapping[str, np.ndarray]] = {model_name: probs}
+    predictions: dict[str, Mapping[str, np.ndarray]] = {model_name: probs, **(others or {})}
     if with_baselines:
         from ml.ranker.train import prepare_spec
 

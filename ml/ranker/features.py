@@ -9,6 +9,9 @@ Inputs:
 - id columns (``viewer_id``, ``author_id``, ``post_id``): hashed into ``id_buckets`` rows of one embedding table each;
 - multi-valued columns (lists of strings): each string hashed into ``multi_buckets`` rows, pooled per row by an
   embedding bag (an empty or null list pools to zeros);
+- request context (``context__explore`` from ``surface``, ``context__position`` from ``position``): what the feed knows
+  when it asks for a score, read from the row itself rather than the feature store; dense columns like the others
+  (at serving time a candidate not yet placed has position 0);
 - dense columns: ``sign(x) * log1p(|x|)``, standardised with the training set's mean and standard deviation, clipped
   to +-10; a missing value (null, NaN or infinite) becomes 0 (the mean) and sets the column's missing indicator, so
   the model gets ``2 x dense columns`` inputs and can tell "missing" from "average".
@@ -36,6 +39,12 @@ TIME_COLUMN = "impressed_at"
 KEY_COLUMNS: tuple[str, ...] = ("viewer_id", "post_id", TIME_COLUMN)
 FEATURE_SEPARATOR = "__"
 DENSE_CLIP = 10.0
+CONTEXT_PREFIX = "context" + FEATURE_SEPARATOR
+# Dense context features -> (the row's column they come from, what that column must be).
+CONTEXT_FEATURES: dict[str, tuple[str, str]] = {
+    "context__explore": ("surface", "a string (feed or explore)"),
+    "context__position": ("position", "a number (the slot, 0 = top)"),
+}
 
 _MASK64 = (1 << 64) - 1
 
@@ -61,6 +70,37 @@ def _is_string_list(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
         pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
     )
+
+
+def _context_type_ok(feature: str, t: pa.DataType) -> bool:
+    if feature == "context__explore":
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+    return _is_number(t)
+
+
+def source_column(column: str) -> str:
+    """The row's column a model input is read from: a context feature's source, else the column itself."""
+    return CONTEXT_FEATURES[column][0] if column in CONTEXT_FEATURES else column
+
+
+def context_feature(data: pa.Table | pa.RecordBatch, feature: str) -> pa.Array | pa.ChunkedArray:
+    """A context feature's raw values (float64, null = missing) from its source column."""
+    col = data.column(source_column(feature))
+    if feature == "context__explore":
+        return pc.cast(pc.equal(pc.cast(col, pa.string()), "explore"), pa.float64())
+    return pc.cast(col, pa.float64())
+
+
+def schema_problems(schema: pa.Schema, expected: Sequence[tuple[str, str, Any]]) -> dict[str, str]:
+    """Column -> what is wrong with it, for (column, what it must be, type predicate) triples; empty when all fit."""
+    out: dict[str, str] = {}
+    for name, what, ok in expected:
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            out[name] = f"is missing (expected {what})"
+        elif not ok(schema.field(idx).type):
+            out[name] = f"is {schema.field(idx).type}, expected {what}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,8 +136,11 @@ class FeatureSpec:
         id_buckets: int = 1 << 20,
         multi_buckets: int = 1 << 16,
         exclude: Sequence[str] = (),
+        context: bool = True,
     ) -> FeatureSpec:
         """Every ``<view>__<feature>`` column: numbers are dense features, lists of strings multi-valued ones.
+
+        With ``context``, every context feature (``CONTEXT_FEATURES``) whose source column the schema has.
 
         A ``<view>__<feature>`` column of any other type (a string, a timestamp, ...) is refused with its name,
         unless listed in ``exclude``; the id and label columns are checked by ``validate``.
@@ -118,6 +161,8 @@ class FeatureSpec:
                 )
         if bad:
             raise FeatureSchemaError(bad, "training set")
+        if context:
+            dense += [f for f, (src, _) in CONTEXT_FEATURES.items() if src in schema.names and f not in exclude]
         spec = cls(
             id_columns=tuple(id_columns),
             multi_columns=tuple(sorted(multi)),
@@ -135,21 +180,19 @@ class FeatureSpec:
         expected: list[tuple[str, str, Any]] = [
             *[(c, "an integer id", pa.types.is_integer) for c in self.id_columns],
             *[(c, "a list of strings", _is_string_list) for c in self.multi_columns],
-            *[(c, "a number", _is_number) for c in self.dense_columns],
+            *[(c, "a number", _is_number) for c in self.dense_columns if c not in CONTEXT_FEATURES],
+            *[
+                (CONTEXT_FEATURES[c][0], CONTEXT_FEATURES[c][1], lambda t, c=c: _context_type_ok(c, t))
+                for c in self.dense_columns
+                if c in CONTEXT_FEATURES
+            ],
         ]
         if labels:
             expected += [
                 (c, "a 0/1 label (integer or boolean)", lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t))
                 for c in self.label_columns
             ]
-        out: dict[str, str] = {}
-        for name, what, ok in expected:
-            idx = schema.get_field_index(name)
-            if idx < 0:
-                out[name] = f"is missing (expected {what})"
-            elif not ok(schema.field(idx).type):
-                out[name] = f"is {schema.field(idx).type}, expected {what}"
-        return out
+        return schema_problems(schema, expected)
 
     def validate(self, schema: pa.Schema, *, labels: bool = True, where: str = "") -> None:
         """Raise ``FeatureSchemaError`` naming every missing or mistyped column."""
@@ -171,8 +214,13 @@ class FeatureSpec:
     def heads(self) -> tuple[str, ...]:
         return HEADS
 
+    def dense_sources(self) -> list[str]:
+        """The row's columns the dense inputs are read from (a context feature's source column, once)."""
+        return list(dict.fromkeys(source_column(c) for c in self.dense_columns))
+
     def feature_columns(self, *, labels: bool = True) -> list[str]:
-        cols = [*self.id_columns, *self.multi_columns, *self.dense_columns]
+        """The row's columns the model reads (what a scoring request must carry), labels last."""
+        cols = [*self.id_columns, *self.multi_columns, *self.dense_sources()]
         return cols + list(self.label_columns) if labels else cols
 
     def with_stats(self, mean: Sequence[float], std: Sequence[float]) -> FeatureSpec:
@@ -252,10 +300,10 @@ def hash_string_lists(column: pa.Array | pa.ChunkedArray, buckets: int, salt: in
 
 # --- encoding ---------------------------------------------------------------------------------------------------------
 def dense_matrix(data: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> np.ndarray:
-    """The raw dense columns as float64 (rows x columns); null -> NaN."""
+    """The raw dense columns as float64 (rows x columns); null -> NaN. Context features come from their source."""
     out = np.empty((data.num_rows, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        col = pc.cast(data.column(c), pa.float64())
+        col = context_feature(data, c) if c in CONTEXT_FEATURES else pc.cast(data.column(c), pa.float64())
         out[:, j] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else _with_nan(col)
     return out
 

@@ -83,16 +83,19 @@ class RankerScorer:
 
 
 def scoring_frame(data: pa.Table, spec: FeatureSpec) -> pd.DataFrame:
-    """The pyfunc's input contract as pandas: id columns int64, dense features float64 (NaN = missing), multi-valued
-    columns as lists of strings. MLflow enforces the logged signature, which will not turn an int64 column into a
-    double one, so callers build their frames with this."""
+    """The pyfunc's input contract as pandas: id columns int64, dense features float64 (NaN = missing), the context
+    (``surface`` a string, ``position`` float64), multi-valued columns as lists of strings. MLflow enforces the
+    logged signature, which will not turn an int64 column into a double one, so callers build their frames with
+    this."""
     import pyarrow.compute as pc
 
     cols: dict[str, Any] = {}
     for c in spec.id_columns:
         cols[c] = pc.fill_null(data.column(c), 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    for c in spec.dense_columns:
-        cols[c] = data.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    for c in spec.dense_sources():
+        col = data.column(c)
+        string = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        cols[c] = col.to_pylist() if string else col.cast(pa.float64()).to_numpy(zero_copy_only=False)
     for c in spec.multi_columns:
         cols[c] = data.column(c).to_pylist()
     return pd.DataFrame(cols)

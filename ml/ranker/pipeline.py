@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +30,6 @@ import numpy as np
 
 from darkroom.tracking import tracking_uri, use_experiment
 from ml import registry as R
-from ml.metrics import head_metrics
 from ml.ranker.features import HEADS
 from ml.ranker.model import state_fingerprint
 
@@ -66,7 +65,6 @@ class RankerRunResult:
     holdout_rows: int
     examples_per_s: float
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What a DAG task returns (XCom): the run, the version, and the gate's decision."""
@@ -123,26 +121,6 @@ def _service(settings: DarkroomSettings):
     from feature_store.definitions import get_service
 
     return get_service(settings.ranker.feature_service)
-
-
-# --- evaluation -------------------------------------------------------------------------------------------------------
-def _holdout_labels(source: ParquetSource) -> dict[str, np.ndarray]:
-    from ml.ranker.data import read_columns
-
-    t = read_columns(source, [f"label_{h}" for h in HEADS])
-    return {h: t.column(f"label_{h}").to_numpy(zero_copy_only=False).astype(np.float64) for h in HEADS}
-
-
-def evaluate_scorer(scorer: RankerScorer, source: ParquetSource, labels: dict[str, np.ndarray]) -> dict:
-    """head -> {auc, ne, calibration, ...} of a model on the holdout rows."""
-    from ml.ranker.train import predict
-
-    probs = predict(scorer.model, source, scorer.spec)
-    return {h: head_metrics(labels[h], probs[h]) for h in HEADS}
-
-
-def _flat_quality(per_head: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{m}_{h}": float(v) for h, ms in per_head.items() for m, v in ms.items() if np.isfinite(v)}
 
 
 # --- reports ----------------------------------------------------------------------------------------------------------
@@ -242,8 +220,9 @@ def _run(
 ) -> RankerRunResult:
     import mlflow
 
+    from ml.ranker import evaluate as E
     from ml.ranker.inference import RankerScorer, load_registered
-    from ml.ranker.train import finetune_settings, prepare_spec, train, train_distributed
+    from ml.ranker.train import finetune_settings, predict, prepare_spec, train, train_distributed
 
     cfg = settings.ranker
     service = _service(settings)
@@ -255,7 +234,7 @@ def _run(
         spec, init_state, train_cfg = init_scorer.spec, init_scorer.state_dict(), finetune_settings(cfg)
     else:
         spec, init_state, train_cfg = prepare_spec(train_source, cfg), None, cfg
-    labels = _holdout_labels(holdout_source)
+    _, labels = E.holdout_labels(holdout_source, spec)
     holdout_rows = len(labels[HEADS[0]])
     if holdout_rows == 0:
         raise RankerRunError(f"the holdout {holdout_source.describe()} has no rows")
@@ -293,14 +272,18 @@ def _run(
         }
         mlflow.set_tags(tags)
         scorer = RankerScorer(result.model, result.spec, result.arch, dict(cfg.value_weights))
-        from ml.ranker.train import predict
-
-        probs = predict(scorer.model, holdout_source, scorer.spec)
-        per_head = {h: head_metrics(labels[h], probs[h]) for h in HEADS}
-        quality = {"model": _flat_quality(per_head)}
+        probs = result.holdout_probs  # the last epoch's predictions: the holdout is not scored twice
+        others = {}
+        if champion_before is not None:
+            champion = load_registered(f"models:/{cfg.registered_model}/{champion_before}")
+            others["champion"] = predict(champion.model, holdout_source, champion.spec)
+        if with_baselines:
+            progress(
+                f"ranker {kind}: fitting the baselines (logistic regression, LightGBM; up to "
+                f"{cfg.baseline_max_rows:,} training rows each, seven heads)"
+            )
+        quality = _compare(cfg, train_source, holdout_source, labels, probs, others, with_baselines, oracle, spec)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in quality["model"].items()})
-        if with_baselines or oracle is not None:
-            quality |= _compare(cfg, train_source, holdout_source, labels, probs, with_baselines, oracle, spec)
 
         progress(f"ranker {kind}: evaluated on {holdout_rows:,} holdout rows ({', '.join(sorted(quality))})")
         info = _log_model(scorer, holdout_source, cfg.registered_model, folder)
@@ -309,14 +292,9 @@ def _run(
         for key, value in (tags | {"run_id": run.info.run_id}).items():
             c.set_model_version_tag(cfg.registered_model, version, key, value)
 
-        champion_ne = None
-        if champion_before is not None:
-            champion = load_registered(f"models:/{cfg.registered_model}/{champion_before}")
-            champ_heads = evaluate_scorer(champion, holdout_source, labels)
-            champion_ne = {h: champ_heads[h]["ne"] for h in HEADS}
-            quality["champion"] = _flat_quality(champ_heads)
+        champion_ne = {h: quality["champion"][f"ne_{h}"] for h in HEADS} if "champion" in quality else None
         decision = R.decide(
-            {h: per_head[h]["ne"] for h in HEADS},
+            {h: quality["model"][f"ne_{h}"] for h in HEADS},
             champion_ne,
             cfg.value_weights,
             margin=cfg.gate.margin,
@@ -368,21 +346,30 @@ def _quality_frame(quality: dict[str, dict[str, float]]):
     return pd.DataFrame(quality).sort_index()
 
 
-def _compare(cfg, train_source, holdout_source, labels, probs, with_baselines: bool, oracle, spec) -> dict:
-    """The baselines (``logistic``, ``lightgbm``) and the ``oracle`` on the same split, as extra columns of the
-    quality table (``model`` gains its AUC gap to the oracle). An oracle that does not cover the holdout (real data
-    has none) costs only its column, with a warning."""
+def _compare(cfg, train_source, holdout_source, labels, probs, others, with_baselines: bool, oracle, spec) -> dict:
+    """The quality table: the model, ``others`` (the champion), the baselines (``logistic``, ``lightgbm``) and the
+    ``oracle`` on the same split (``model`` gains its AUC gap to the oracle). An oracle that does not cover the holdout
+    (real data has none) costs only its column, with a warning."""
     from ml.ranker import evaluate as E
 
-    try:
+    def compare(truth):
         return E.compare_for_pipeline(
-            cfg, train_source, holdout_source, labels, probs, with_baselines=with_baselines, oracle=oracle, spec=spec
+            cfg,
+            train_source,
+            holdout_source,
+            labels,
+            probs,
+            with_baselines=with_baselines,
+            oracle=truth,
+            spec=spec,
+            others=others,
         )
+
+    try:
+        return compare(oracle)
     except E.OracleMismatchError as e:
         log.warning("ranker: the oracle is left out of the comparison: %s", e)
-        return E.compare_for_pipeline(
-            cfg, train_source, holdout_source, labels, probs, with_baselines=with_baselines, oracle=None, spec=spec
-        )
+        return compare(None)
 
 
 # --- entry points -----------------------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ class TrainResult:
     examples: int  # over all epochs and ranks
     world_size: int
     initial_fingerprint: str  # state_fingerprint of the weights before the first step
+    holdout_probs: dict[str, np.ndarray] | None = None  # head -> the last epoch's holdout predictions (eval_files)
     parameters: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +191,8 @@ def default_threads(processes: int = 1) -> int:
 
 
 @contextmanager
-def _threads(n: int):
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside the block, restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, n))
     try:
@@ -211,8 +213,9 @@ def _fit(
     init_state: Mapping[str, torch.Tensor] | None,
     eval_source: ParquetSource | None,
     on_epoch: Callable[[EpochStats], None] | None,
-) -> tuple[MultiTaskRanker, list[EpochStats], str, float, int]:
-    """(model, history on rank 0, starting fingerprint, training seconds, examples over all ranks)."""
+) -> tuple[MultiTaskRanker, list[EpochStats], str, float, int, dict[str, np.ndarray] | None]:
+    """(model, history on rank 0, starting fingerprint, training seconds, examples over all ranks, the last epoch's
+    holdout predictions on rank 0)."""
     distributed = world_size > 1
     torch.manual_seed(cfg.seed)
     model = MultiTaskRanker(arch)
@@ -230,6 +233,7 @@ def _fit(
     eval_labels = _labels(eval_source, spec) if eval_source is not None and rank == 0 else None
     history: list[EpochStats] = []
     total_seconds, total_examples = 0.0, 0
+    holdout_probs: dict[str, np.ndarray] | None = None
     for epoch in range(cfg.epochs):
         net.train()
         head_sum = torch.zeros(len(HEADS), dtype=torch.float64)
@@ -277,6 +281,10 @@ def _fit(
         if rank != 0:
             continue
         head_loss = {h: float(v) / examples for h, v in zip(HEADS, totals[:-1].tolist(), strict=True)}
+        holdout = None
+        if eval_source is not None:
+            holdout_probs = predict(model, eval_source, spec)
+            holdout = {h: head_metrics(eval_labels[h], holdout_probs[h]) for h in HEADS}
         stats = EpochStats(
             epoch=epoch,
             loss=sum(head_loss.values()),
@@ -286,13 +294,13 @@ def _fit(
             seconds=seconds,
             data_seconds=waited,
             examples_per_s=examples / seconds if seconds > 0 else float("nan"),
-            holdout=_holdout(model, eval_source, spec, eval_labels) if eval_source is not None else None,
+            holdout=holdout,
         )
         log.info("epoch %d: loss %.4f, %d examples, %.0f examples/s", epoch, stats.loss, examples, stats.examples_per_s)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    return model.eval(), history, fingerprint, total_seconds, total_examples
+    return model.eval(), history, fingerprint, total_seconds, total_examples, holdout_probs
 
 
 def _labels(source: ParquetSource, spec: FeatureSpec) -> dict[str, np.ndarray]:
@@ -301,13 +309,6 @@ def _labels(source: ParquetSource, spec: FeatureSpec) -> dict[str, np.ndarray]:
         h: t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
         for h, c in zip(HEADS, spec.label_columns, strict=True)
     }
-
-
-def _holdout(
-    model: MultiTaskRanker, source: ParquetSource, spec: FeatureSpec, labels: dict[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    probs = predict(model, source, spec)
-    return {h: head_metrics(labels[h], probs[h]) for h in HEADS}
 
 
 # --- entry points -----------------------------------------------------------------------------------------------------
@@ -328,8 +329,8 @@ def train(
     """
     source, eval_source = _checked(files, spec, eval_files)
     arch = arch_for(spec, cfg)
-    with _threads(cfg.torch_threads or default_threads(1)):
-        model, history, fingerprint, seconds, examples = _fit(
+    with torch_threads(cfg.torch_threads or default_threads(1)):
+        model, history, fingerprint, seconds, examples, holdout_probs = _fit(
             source,
             spec,
             cfg,
@@ -340,7 +341,7 @@ def train(
             eval_source=eval_source,
             on_epoch=on_epoch,
         )
-    return TrainResult(model, spec, arch, history, seconds, examples, 1, fingerprint)
+    return TrainResult(model, spec, arch, history, seconds, examples, 1, fingerprint, holdout_probs)
 
 
 def _checked(files: Files, spec: FeatureSpec, eval_files: Files | None) -> tuple[ParquetSource, ParquetSource | None]:
@@ -370,7 +371,7 @@ def _distributed_worker(
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         torch.set_num_threads(cfg.torch_threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-        model, history, fingerprint, seconds, examples = _fit(
+        model, history, fingerprint, seconds, examples, holdout_probs = _fit(
             source,
             spec,
             cfg,
@@ -389,7 +390,9 @@ def _distributed_worker(
         # wins: so every rank returns the same thing (its weights, equal on every rank as just checked, and rank 0's
         # history and timings, broadcast).
         report: list[Any] = [
-            {"history": history, "fingerprint": fingerprint, "seconds": seconds} if rank == 0 else None
+            {"history": history, "fingerprint": fingerprint, "seconds": seconds, "holdout_probs": holdout_probs}
+            if rank == 0
+            else None
         ]
         dist.broadcast_object_list(report, src=0)
         return {
@@ -432,7 +435,15 @@ def train_distributed(
         raise RuntimeError("TorchDistributor returned nothing from rank 0")
     model = build_model(arch, strip_ddp_prefix(out["state"]))
     return TrainResult(
-        model, spec, arch, out["history"], out["seconds"], out["examples"], out["world_size"], out["fingerprint"]
+        model,
+        spec,
+        arch,
+        out["history"],
+        out["seconds"],
+        out["examples"],
+        out["world_size"],
+        out["fingerprint"],
+        out["holdout_probs"],
     )
 
 

@@ -36,6 +36,7 @@ TINY = {
     "batch_size": 256,
     "shuffle_buffer_rows": 4096,
     "lgbm_rounds": 20,
+    "train_days": 7,
     "baseline_max_rows": 20_000,
     "logreg_hash_buckets": 4096,
 }

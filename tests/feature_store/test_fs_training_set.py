@@ -157,6 +157,10 @@ def test_a_rerun_replaces_its_window_only_and_files_give_the_version(spark, feat
     old_day = training_set_files(s, RANKER_V1, three_days.version, ts(11), ts(12))
     assert set(old_day).isdisjoint(one_day)
     assert sum(pq.read_metadata(f).num_rows for f in old_day) == 3
+    # An hour's window (the hourly fine-tune's) rewrites its day's files: only the window's own rows are counted.
+    hour = build_training_set(spark, s, RANKER_V1, ts(11, 12), ts(11, 13))
+    assert hour.rows == 1  # 10-11 12:00; the day's 00:00 and 23:59:59 are copied, not counted
+    assertDataFrameEqual(read_training_set(spark, s, hour.version), before)
 
 
 def test_a_missing_source_table_is_named(spark, feature_lake):

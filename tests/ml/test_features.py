@@ -149,3 +149,41 @@ def test_encode_a_table():
     assert enc.bags[0][1].tolist() == [0, 1] and enc.labels.shape == (2, 7) and enc.labels[:, 0].tolist() == [1, 0]
     with pytest.raises(ValueError, match="no dense statistics"):
         encode(table, FeatureSpec(("viewer_id",), (), ("post__like_rate",)))
+
+
+def test_context_features_come_from_the_rows_surface_and_position():
+    spec = FeatureSpec.from_schema(schema(surface=pa.string(), position=pa.int32()))
+    assert "context__explore" in spec.dense_columns and "context__position" in spec.dense_columns
+    # What a row must carry: the source columns, once each, not the derived names.
+    cols = spec.feature_columns(labels=False)
+    assert {"surface", "position"} <= set(cols) and not any(c.startswith("context__") for c in cols)
+    spec = spec.with_stats([0.0] * len(spec.dense_columns), [1.0] * len(spec.dense_columns))
+    rows = pa.table(
+        {
+            "viewer_id": [1, 2, 3],
+            "post_id": [4, 5, 6],
+            "author_id": [7, 8, 9],
+            "viewer__follower_count": [0, 0, 0],
+            "post__like_rate": [0.0, 0.0, 0.0],
+            "post_hashtags__hashtags": pa.array([[], [], []], pa.list_(pa.string())),
+            "surface": ["feed", "explore", None],
+            "position": pa.array([0, 3, None], pa.int32()),
+        }
+    )
+    enc = encode(rows, spec, labels=False)
+    k = len(spec.dense_columns)
+    explore, position = spec.dense_columns.index("context__explore"), spec.dense_columns.index("context__position")
+    assert enc.dense[:, explore].tolist() == pytest.approx([0.0, math.log(2), 0.0])  # signed log1p of 0, 1, missing
+    assert enc.dense[:, position].tolist() == pytest.approx([0.0, math.log(4), 0.0])
+    assert enc.dense[:, k + explore].tolist() == [0.0, 0.0, 1.0]  # a missing surface is flagged, not "feed"
+    assert enc.dense[:, k + position].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_context_source_of_the_wrong_type_is_refused_by_its_column_name():
+    spec = FeatureSpec.from_schema(schema(surface=pa.string(), position=pa.int32()))
+    with pytest.raises(FeatureSchemaError) as e:
+        spec.validate(schema(surface=pa.int64(), position=None), where="part-3.parquet")
+    assert set(e.value.columns) == {"surface", "position"}
+    assert "'surface' is int64, expected a string (feed or explore)" in str(e.value)
+    assert "'position' is missing (expected a number (the slot, 0 = top))" in str(e.value)
+    assert "context__explore" not in FeatureSpec.from_schema(schema(surface=pa.string()), context=False).dense_columns

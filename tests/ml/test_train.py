@@ -40,6 +40,9 @@ def test_predict_scores_every_row_in_file_order(trained, split):
     assert np.isfinite(
         value_score(probs, {"like": 1, "comment": 2, "save": 3, "share": 3, "follow": 5, "hide": -10, "dwell": 1})
     ).all()
+    # The run keeps its last epoch's holdout predictions: the pipeline does not score the holdout a second time.
+    for h in probs:
+        np.testing.assert_allclose(result.holdout_probs[h], probs[h], rtol=1e-6)
 
 
 def test_training_starts_from_the_given_weights(trained, dataset):

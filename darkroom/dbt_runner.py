@@ -275,6 +275,8 @@ def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) 
     if args[0] == "build" and not settings.dbt.unit_tests:
         # Unit tests check SQL against fixed rows: they belong in CI, not in every scheduled build (dbt's advice).
         args = [*args, "--exclude-resource-type", "unit_test"]
+    if args[0] in ("build", "run", "test") and "--threads" not in args:
+        args = [*args, "--threads", str(settings.dbt.threads)]
     variables = dbt_vars(settings, as_of)
     if args[0] in ("build", "test") and "--full-refresh" not in args and not deferred:
         # An incremental run tests the days it can change (macros/test_window.sql); a full refresh tests all rows.

@@ -187,15 +187,15 @@ def compare_for_pipeline(
     ``prepare_spec`` fits on it) and ``oracle``. ``labels`` and every prediction follow the holdout's row order.
     """
     predictions: dict[str, Mapping[str, np.ndarray]] = {model_name: probs, **(others or {})}
+    truth = None
+    if oracle is not None:  # first: an oracle that does not fit the holdout fails before the baselines are fitted
+        truth = oracle_probabilities(read_columns(holdout_source, list(KEY_COLUMNS)), oracle)
     if with_baselines:
         from ml.ranker.train import prepare_spec
 
         spec = spec or prepare_spec(train_source, cfg)
         for b in fit_baselines(train_source, spec, cfg):
             predictions[b.name] = b.predict(holdout_source)
-    truth = None
-    if oracle is not None:
-        truth = oracle_probabilities(read_columns(holdout_source, list(KEY_COLUMNS)), oracle)
     return flat_quality(head_table(labels, predictions, oracle=truth))
 
 

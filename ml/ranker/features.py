@@ -39,7 +39,6 @@ TIME_COLUMN = "impressed_at"
 KEY_COLUMNS: tuple[str, ...] = ("viewer_id", "post_id", TIME_COLUMN)
 FEATURE_SEPARATOR = "__"
 DENSE_CLIP = 10.0
-CONTEXT_PREFIX = "context" + FEATURE_SEPARATOR
 # Dense context features -> (the row's column they come from, what that column must be).
 CONTEXT_FEATURES: dict[str, tuple[str, str]] = {
     "context__explore": ("surface", "a string (feed or explore)"),

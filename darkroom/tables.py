@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from darkroom.settings import DarkroomSettings
 
 Layer = Literal[
-    "landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout", "features"
+    "landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout", "features", "serving"
 ]
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
@@ -115,6 +115,48 @@ TRAINING_SET_RANKER_V1_DDL = (
     "label_follow INT NOT NULL, label_hide INT NOT NULL, label_dwell INT NOT NULL"
 )
 
+# What the serving publisher (serving/) puts in Redis, one table per key family, one batch per precompute run:
+# ``batch_id`` is the run's data-interval end as ``YYYYMMDDTHHMMZ``; each job replaces its batch (replaceWhere).
+SERVING_DDL = {
+    # timeline:{user_id}: the push fan-out candidates scored by ranker@champion, top N by value score.
+    "feed_timelines": "batch_id STRING NOT NULL, user_id BIGINT NOT NULL, post_id BIGINT NOT NULL, "
+    "score DOUBLE NOT NULL, rank INT NOT NULL, author_id BIGINT NOT NULL, created_at TIMESTAMP NOT NULL",
+    # celebrity:{author_id}:posts: recent posts of pull-mode authors, scored by created_at (ms) when published.
+    "celebrity_posts": "batch_id STRING NOT NULL, author_id BIGINT NOT NULL, post_id BIGINT NOT NULL, "
+    "created_at TIMESTAMP NOT NULL",
+    # user:{user_id}:pull_authors: the followed pull-mode authors merged at read time.
+    "pull_authors": "batch_id STRING NOT NULL, user_id BIGINT NOT NULL, author_id BIGINT NOT NULL",
+    # post:{post_id}: the metadata the feed shows, for every post another family references.
+    "post_meta": "batch_id STRING NOT NULL, post_id BIGINT NOT NULL, author_id BIGINT NOT NULL, "
+    "created_at TIMESTAMP NOT NULL, caption STRING, media_count INT NOT NULL, like_count BIGINT NOT NULL, "
+    "comment_count BIGINT NOT NULL",
+    # config:fanout: the chosen policy of fanout.policies.
+    "fanout_config": "batch_id STRING NOT NULL, policy_version STRING NOT NULL, policy STRING NOT NULL, "
+    "threshold BIGINT, computed_at TIMESTAMP NOT NULL",
+    # story_ring:{user_id}: authors with a live story, unseen first then by engagement; expires with the last story.
+    "story_rings": "batch_id STRING NOT NULL, viewer_id BIGINT NOT NULL, author_id BIGINT NOT NULL, "
+    "score DOUBLE NOT NULL, unseen BOOLEAN NOT NULL, expires_at TIMESTAMP NOT NULL",
+    # explore:{user_id}: two-tower ANN candidates (own posts, followed authors, seen posts excluded) by ranker value.
+    "explore_candidates": "batch_id STRING NOT NULL, user_id BIGINT NOT NULL, post_id BIGINT NOT NULL, "
+    "score DOUBLE NOT NULL, rank INT NOT NULL, retrieval_score DOUBLE NOT NULL, model_version STRING NOT NULL",
+    # emb:user:{id} / emb:item:{id}: float32 little-endian vectors of the two-tower model named by model_version.
+    "user_embeddings": "batch_id STRING NOT NULL, user_id BIGINT NOT NULL, model_version STRING NOT NULL, "
+    "embedding ARRAY<FLOAT> NOT NULL",
+    "item_embeddings": "batch_id STRING NOT NULL, post_id BIGINT NOT NULL, model_version STRING NOT NULL, "
+    "embedding ARRAY<FLOAT> NOT NULL",
+}
+SERVING_KEYS = {
+    "feed_timelines": ("batch_id", "user_id", "post_id"),
+    "celebrity_posts": ("batch_id", "author_id", "post_id"),
+    "pull_authors": ("batch_id", "user_id", "author_id"),
+    "post_meta": ("batch_id", "post_id"),
+    "fanout_config": ("batch_id",),
+    "story_rings": ("batch_id", "viewer_id", "author_id"),
+    "explore_candidates": ("batch_id", "user_id", "post_id"),
+    "user_embeddings": ("batch_id", "user_id"),
+    "item_embeddings": ("batch_id", "post_id"),
+}
+
 
 @cache
 def _registry() -> dict[str, Table]:
@@ -176,6 +218,10 @@ def _registry() -> dict[str, Table]:
         partition_by=("impression_date",),
         _schema_ddl=TRAINING_SET_RANKER_V1_DDL,
     )
+    for name, ddl in SERVING_DDL.items():
+        tables[f"serving.{name}"] = Table(
+            name=name, layer="serving", key=SERVING_KEYS[name], partition_by=("batch_id",), _schema_ddl=ddl
+        )
     for layer, name, key in dbt_model_tables():
         tables[f"{layer}.{name}"] = Table(name=name, layer=layer, key=key)
     return tables

@@ -126,10 +126,11 @@ SERVING_DDL = {
     "created_at TIMESTAMP NOT NULL",
     # user:{user_id}:pull_authors: the followed pull-mode authors merged at read time.
     "pull_authors": "batch_id STRING NOT NULL, user_id BIGINT NOT NULL, author_id BIGINT NOT NULL",
-    # post:{post_id}: the metadata the feed shows, for every post another family references.
+    # post:{post_id}: the metadata the feed shows, for every post another family references. ``base_score`` is the
+    # post's median value score over the viewers it was scored for: the reader ranks pull-mode posts by it.
     "post_meta": "batch_id STRING NOT NULL, post_id BIGINT NOT NULL, author_id BIGINT NOT NULL, "
     "created_at TIMESTAMP NOT NULL, caption STRING, media_count INT NOT NULL, like_count BIGINT NOT NULL, "
-    "comment_count BIGINT NOT NULL",
+    "comment_count BIGINT NOT NULL, base_score DOUBLE NOT NULL",
     # config:fanout: the chosen policy of fanout.policies.
     "fanout_config": "batch_id STRING NOT NULL, policy_version STRING NOT NULL, policy STRING NOT NULL, "
     "threshold BIGINT, computed_at TIMESTAMP NOT NULL",

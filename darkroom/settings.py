@@ -276,6 +276,52 @@ class RankerSettings(_Strict):
         return v
 
 
+class TwoTowerSettings(_Strict):
+    """The two-tower retrieval model (ml/two_tower/), its FAISS index and the Explore candidates."""
+
+    experiment: str = Field("two_tower", min_length=1, description="MLflow experiment of training and index runs")
+    registered_model: str = Field("two_tower", min_length=1, description="MLflow registered model name")
+    train_days: int = Field(28, ge=2, le=90, description="the weekly run's window: the last N days, holdout included")
+    holdout_days: int = Field(1, ge=1, description="the last days held out: recall@K is measured on them")
+    history_len: int = Field(20, ge=1, description="engaged posts pooled into the user tower, latest first")
+    history_lookback_days: int = Field(28, ge=1, description="how far back a user's engagement history reaches")
+    # The model (ml.two_tower.train.TwoTowerConfig).
+    embedding_dim: int = Field(64, ge=1, description="width of the id embedding tables")
+    output_dim: int = Field(128, ge=1, description="the user and item embeddings' width (the seed's 128-d)")
+    hidden: list[int] = Field(default_factory=lambda: [256], description="each tower's MLP")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature over u.v (normalised towers)")
+    batch_size: int = Field(1024, ge=2, description="pairs per step: each row's in-batch negatives are the others")
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the MLPs")
+    embedding_learning_rate: float = Field(1e-2, gt=0, description="SparseAdam's learning rate for the id tables")
+    id_buckets: int = Field(1 << 20, ge=2, description="hash buckets per id table (user, history, post, author)")
+    seed: int = 0
+    log_q_correction: bool = Field(True, description="subtract log q(item) from the logits (Yi et al. 2019)")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = the machine's share less one")
+    # Evaluation and the champion gate.
+    eval_ks: list[int] = Field(default_factory=lambda: [10, 50, 100, 500], min_length=1)
+    gate_k: int = Field(100, ge=1, description="recall@gate_k on the holdout decides promotion (one of eval_ks)")
+    gate_margin: float = Field(0.0, ge=0, description="the challenger's recall must beat the champion's by more")
+    eval_max_users: int = Field(20_000, ge=1, description="holdout users evaluated (a seeded sample beyond this)")
+    # The index and the candidates.
+    live_post_days: int = Field(30, ge=1, description="posts created within this many days are indexed")
+    index_min_recall: float = Field(0.95, gt=0, le=1, description="the sweep picks the fastest index reaching this")
+    index_k: int = Field(100, ge=1, description="recall@k of the sweep against exact search")
+    index_queries: int = Field(1_000, ge=1, description="user embeddings the sweep searches with")
+    active_user_days: int = Field(7, ge=1, description="users with a feed read within this many days get candidates")
+    retrieve_k: int = Field(500, ge=1, description="ANN neighbours fetched per user before the exclusions")
+    explore_size: int = Field(100, ge=1, description="candidates kept per user after the ranker's scoring")
+    seen_days: int = Field(28, ge=1, description="posts impressed within this many days count as seen (excluded)")
+
+    @model_validator(mode="after")
+    def _gate_k_is_evaluated(self) -> TwoTowerSettings:
+        if self.gate_k not in self.eval_ks:
+            raise ValueError(f"gate_k {self.gate_k} must be one of eval_ks {self.eval_ks}")
+        if self.explore_size > self.retrieve_k:
+            raise ValueError(f"explore_size {self.explore_size} cannot exceed retrieve_k {self.retrieve_k}")
+        return self
+
+
 class MlflowSettings(_Strict):
     """Where runs are tracked; default a SQLite store and artifact folder under the state folder."""
 
@@ -305,6 +351,7 @@ class DarkroomSettings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     ranker: RankerSettings = RankerSettings()
+    two_tower: TwoTowerSettings = TwoTowerSettings()
 
     @field_validator("state_dir")
     @classmethod

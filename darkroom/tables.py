@@ -22,7 +22,17 @@ if TYPE_CHECKING:
     from darkroom.settings import DarkroomSettings
 
 Layer = Literal[
-    "landing", "bronze", "oracle", "quarantine", "meta", "intermediate", "marts", "blob_catalog", "fanout", "features", "serving"
+    "landing",
+    "bronze",
+    "oracle",
+    "quarantine",
+    "meta",
+    "intermediate",
+    "marts",
+    "blob_catalog",
+    "fanout",
+    "features",
+    "serving",
 ]
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
@@ -113,6 +123,19 @@ TRAINING_SET_RANKER_V1_DDL = (
     "viewer_author__feature_age_hours DOUBLE, post_hashtags__hashtags ARRAY<STRING>, "
     "label_like INT NOT NULL, label_comment INT NOT NULL, label_save INT NOT NULL, label_share INT NOT NULL, "
     "label_follow INT NOT NULL, label_hide INT NOT NULL, label_dwell INT NOT NULL"
+)
+# The two-tower model's training pairs (jobs/two_tower_examples): an explicit engagement, the user's earlier engaged
+# posts, and each tower's point-in-time features (feature services two_tower_user_v1 / two_tower_item_v1).
+TWO_TOWER_EXAMPLES_DDL = (
+    "user_id BIGINT NOT NULL, post_id BIGINT NOT NULL, author_id BIGINT NOT NULL, engaged_at TIMESTAMP NOT NULL, "
+    "engaged_date DATE NOT NULL, history_post_ids ARRAY<BIGINT> NOT NULL, "
+    "viewer__account_age_days DOUBLE, viewer__followers BIGINT, viewer__followees BIGINT, "
+    "viewer__feed_reads_7d BIGINT, viewer__impressions_7d BIGINT, viewer__likes_7d BIGINT, "
+    "viewer__like_rate_7d DOUBLE, "
+    "author__account_age_days DOUBLE, author__followers BIGINT, author__followees BIGINT, author__posts_7d BIGINT, "
+    "post__age_hours DOUBLE, post__media_count INT, post__caption_length INT, post__hashtag_count INT, "
+    "post__impressions BIGINT, post__likes BIGINT, post__comments BIGINT, post__saves BIGINT, post__shares BIGINT, "
+    "post__hides BIGINT, post__like_rate DOUBLE, post__author_followers BIGINT"
 )
 
 # What the serving publisher (serving/) puts in Redis, one table per key family, one batch per precompute run:
@@ -218,6 +241,13 @@ def _registry() -> dict[str, Table]:
         key=("viewer_id", "post_id", "impressed_at"),
         partition_by=("impression_date",),
         _schema_ddl=TRAINING_SET_RANKER_V1_DDL,
+    )
+    tables["features.two_tower_examples"] = Table(
+        name="two_tower_examples",
+        layer="features",
+        key=("user_id", "post_id", "engaged_at"),
+        partition_by=("engaged_date",),
+        _schema_ddl=TWO_TOWER_EXAMPLES_DDL,
     )
     for name, ddl in SERVING_DDL.items():
         tables[f"serving.{name}"] = Table(

@@ -303,7 +303,21 @@ RANKER_V1 = FeatureService(
     description="the multi-task feed ranker, version 1",
 )
 
-SERVICES: dict[str, FeatureService] = {s.name: s for s in (RANKER_V1,)}
+# The two towers read no pair features: each tower sees one side only, so items can be embedded once for all users.
+TWO_TOWER_USER_V1 = FeatureService(
+    name="two_tower_user_v1",
+    version=1,
+    views=(VIEWER_VIEW,),
+    description="the two-tower model's user tower (keys: viewer_id)",
+)
+TWO_TOWER_ITEM_V1 = FeatureService(
+    name="two_tower_item_v1",
+    version=1,
+    views=(AUTHOR_VIEW, POST_VIEW),
+    description="the two-tower model's item tower (keys: post_id, author_id)",
+)
+
+SERVICES: dict[str, FeatureService] = {s.name: s for s in (RANKER_V1, TWO_TOWER_USER_V1, TWO_TOWER_ITEM_V1)}
 
 
 def get_service(name: str) -> FeatureService:

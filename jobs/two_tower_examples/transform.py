@@ -79,3 +79,46 @@ def with_history(
             F.transform("_latest", lambda s: s["p"]).alias("history_post_ids"),
         )
     )
+
+
+def history_as_of(engaged: DataFrame, *, as_of: datetime, history_len: int, lookback: timedelta) -> DataFrame:
+    """Each user's engagement history as the user tower sees it at ``as_of``: user_id, history_post_ids.
+
+    The latest ``history_len`` engaged posts with ``engaged_at`` in [as_of - lookback, as_of), oldest first (ties
+    by post id), the same order ``with_history`` gives a training row. Users without one are absent."""
+    if history_len < 1:
+        raise ValueError(f"history_len must be at least 1, got {history_len}")
+    recent = engaged.where((F.col("engaged_at") >= F.lit(as_of - lookback)) & (F.col("engaged_at") < F.lit(as_of)))
+    ordered = F.array_sort(
+        F.collect_list(F.struct(_micros(F.col("engaged_at")).alias("t"), F.col("post_id").alias("p")))
+    )
+    latest = F.slice(ordered, F.greatest(F.size(ordered) - history_len + 1, F.lit(1)), history_len)
+    return recent.groupBy("user_id").agg(F.transform(latest, lambda s: s["p"]).alias("history_post_ids"))
+
+
+def live_posts(posts: DataFrame, *, since: datetime, until: datetime) -> DataFrame:
+    """The posts an index built at ``until`` holds: created in [since, until); post_id, author_id."""
+    return posts.where((F.col("created_at") >= F.lit(since)) & (F.col("created_at") < F.lit(until))).select(
+        "post_id", "author_id"
+    )
+
+
+def holdout_truth(engaged: DataFrame, history: DataFrame, posts: DataFrame) -> DataFrame:
+    """Per holdout user: ``relevant`` (posts engaged in the holdout) and ``exclude`` (their own posts and the posts
+    already in their history: retrieval is not asked to find what the user engaged with before)."""
+    relevant = engaged.groupBy("user_id").agg(F.array_sort(F.collect_set("post_id")).alias("relevant"))
+    own = posts.groupBy(F.col("author_id").alias("user_id")).agg(F.collect_set("post_id").alias("_own"))
+    return (
+        relevant.join(history, on="user_id", how="left")
+        .join(own, on="user_id", how="left")
+        .select(
+            "user_id",
+            "relevant",
+            F.array_sort(
+                F.array_union(
+                    F.coalesce(F.col("_own"), F.array().cast("array<bigint>")),
+                    F.coalesce(F.col("history_post_ids"), F.array().cast("array<bigint>")),
+                )
+            ).alias("exclude"),
+        )
+    )

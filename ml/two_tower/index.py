@@ -137,6 +137,28 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> TopK:
     return TopK(ids, np.where(ids < 0, -np.inf, scores).astype(np.float32))
 
 
+def search_excluding(index: faiss.Index, queries: np.ndarray, k: int, exclude: Sequence[set] | None) -> TopK:
+    """``search`` that never returns an item in the query's ``exclude`` set: it fetches k plus the largest set's
+    size (at most every item), drops the excluded ids and keeps the first k; -1 / -inf pad a short row."""
+    if exclude is None:
+        return search(index, queries, k)
+    if len(exclude) != len(queries):
+        raise ValueError(f"{len(exclude)} exclusion sets for {len(queries)} queries")
+    wide = min(index.ntotal, k + max((len(e) for e in exclude), default=0))
+    got = search(index, queries, max(wide, 1))
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for r, skip in enumerate(exclude):
+        row_ids, row_scores = got.ids[r], got.scores[r]
+        keep = row_ids >= 0
+        if skip:
+            keep &= ~np.isin(row_ids, np.fromiter(skip, dtype=np.int64, count=len(skip)))
+        kept_ids, kept_scores = row_ids[keep][:k], row_scores[keep][:k]
+        ids[r, : len(kept_ids)] = kept_ids
+        scores[r, : len(kept_scores)] = kept_scores
+    return TopK(ids, scores)
+
+
 def index_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The item ids held by an ``IndexIDMap2``, in insertion order."""
     return faiss.vector_to_array(index.id_map).astype(np.int64)

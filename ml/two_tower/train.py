@@ -285,6 +285,8 @@ def train(
     *,
     item_counts: ItemCounts | None = None,
     on_epoch: Callable[[TwoTowerEpoch], None] | None = None,
+    on_steps: Callable[[int, float], None] | None = None,
+    steps_per_report: int = 100,
 ) -> TwoTowerTrainResult:
     """Train a two-tower model in this process.
 
@@ -294,7 +296,11 @@ def train(
     ``arch`` must agree with ``cfg`` on the shape (``arch_for``) and with the data on the dense feature counts.
     ``item_counts``: the training data's item frequencies for the log-Q correction; counted from in-memory data
     when omitted, required for streamed data (``parquet_item_counts``).
+    ``on_steps(step, mean_loss)``: called every ``steps_per_report`` steps (counted over all epochs) with the mean
+    loss per example of those steps: the training curve.
     """
+    if steps_per_report < 1:
+        raise ValueError(f"steps_per_report must be at least 1, got {steps_per_report}")
     _check_arch(arch, cfg)
     counts = _counts_for(data, item_counts) if cfg.log_q_correction else None
     with torch_threads(cfg.torch_threads or default_threads(1)):
@@ -302,7 +308,8 @@ def train(
         model = TwoTower(arch)
         optimizers = _optimizers(model, cfg)
         history: list[TwoTowerEpoch] = []
-        total_seconds, total_examples = 0.0, 0
+        total_seconds, total_examples, global_step = 0.0, 0, 0
+        window_loss, window_rows = 0.0, 0
         for epoch in range(cfg.epochs):
             model.train()
             loss_sum, rows, steps, started = 0.0, 0, 0, time.perf_counter()
@@ -320,9 +327,15 @@ def train(
                 loss.backward()
                 for opt in optimizers:
                     opt.step()
-                loss_sum += float(loss.detach()) * batch.rows
+                batch_loss = float(loss.detach()) * batch.rows
+                loss_sum += batch_loss
                 rows += batch.rows
                 steps += 1
+                global_step += 1
+                window_loss, window_rows = window_loss + batch_loss, window_rows + batch.rows
+                if on_steps is not None and global_step % steps_per_report == 0:
+                    on_steps(global_step, window_loss / window_rows)
+                    window_loss, window_rows = 0.0, 0
             if rows == 0:
                 raise ValueError(f"epoch {epoch} had no batch of two or more rows to train on")
             seconds = time.perf_counter() - started

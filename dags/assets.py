@@ -88,4 +88,10 @@ FANOUT_ASSETS: dict[str, Asset] = {a.name: a for a in (FANOUT_POLICIES, FANOUT_A
 # Models: the ranker's @champion alias (the ranker DAGs update it; the feed publisher scores with it).
 # Not a table: the registry alias ``models:/ranker@champion`` (the model registry is MLflow's, not the lake's).
 RANKER_CHAMPION = Asset(name="models.ranker_champion", uri="x-darkroom://models/ranker_champion", group="models")
-MODEL_ASSETS: dict[str, Asset] = {"ranker@champion": RANKER_CHAMPION}
+TWO_TOWER_CHAMPION = Asset(
+    name="models.two_tower_champion", uri="x-darkroom://models/two_tower_champion", group="models"
+)
+MODEL_ASSETS: dict[str, Asset] = {"ranker@champion": RANKER_CHAMPION, "two_tower@champion": TWO_TOWER_CHAMPION}
+# The two-tower model's training pairs (two_tower_weekly writes them).
+TWO_TOWER_EXAMPLES = _table_asset("features", "two_tower_examples")
+FEATURE_ASSETS: dict[str, Asset] = {a.name: a for a in (TWO_TOWER_EXAMPLES,)}

@@ -579,6 +579,70 @@ if __name__ == "__main__":
     main()
 
 
+two_tower_app = typer.Typer(help="The two-tower retrieval model, its FAISS index and the Explore candidates.")
+app.add_typer(two_tower_app, name="two-tower")
+
+
+def _spark_for(settings: DarkroomSettings, app_name: str):
+    from darkroom.spark import get_spark
+
+    return get_spark(settings, app_name)
+
+
+@two_tower_app.command("train")
+def two_tower_train(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Weekly: the training pairs of the last two_tower.train_days days, a model, recall@K on the held-out last
+    day against popularity, exact search and @champion; @champion moves only when recall@gate_k improves."""
+    from jobs.two_tower_examples.main import train_weekly
+    from ml.two_tower.pipeline import TwoTowerRunError
+
+    settings = _settings(config)
+    try:
+        r = train_weekly(settings, _when(settings, as_of), spark=_spark_for(settings, "two_tower"), progress=typer.echo)
+    except (TwoTowerRunError, ValueError) as e:
+        typer.echo(f"two-tower train: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"mlflow run {r.run_id}: registered version {r.version}; {r.reason}; @champion is {r.champion_version}")
+    typer.echo(f"chosen index: {r.chosen_index['spec']}")
+    for name, metrics in r.quality.items():
+        cells = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("recall"))
+        typer.echo(f"  {name:<15} {cells}")
+
+
+@two_tower_app.command("embed")
+def two_tower_embed(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """The champion's embeddings of the live posts and the active users, for the batch of --as-of."""
+    from jobs.two_tower_embeddings.main import NoChampionError, embed
+
+    settings = _settings(config)
+    try:
+        info = embed(_spark_for(settings, "two_tower_embeddings"), settings, _when(settings, as_of))
+    except NoChampionError as e:
+        typer.echo(f"two-tower embed: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"batch {info.batch_id}: {info.items:,} items, {info.users:,} users (version {info.model_version})")
+
+
+@two_tower_app.command("index")
+def two_tower_index(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """The FAISS index of the batch's item embeddings (the sweep's chosen setting, checked against exact search)."""
+    from jobs.two_tower_embeddings.main import index_batch
+
+    settings = _settings(config)
+    built = index_batch(_spark_for(settings, "two_tower_index"), settings, _when(settings, as_of), progress=typer.echo)
+    typer.echo(f"index {built.path}: {built.items:,} items, recall {built.recall:.3f}, mlflow run {built.run_id}")
+
+
+@two_tower_app.command("candidates")
+def two_tower_candidates(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Explore candidates of the batch: ANN top-K minus own, followed and seen posts, ordered by ranker@champion."""
+    from jobs.explore_candidates.main import candidates
+
+    settings = _settings(config)
+    info = candidates(_spark_for(settings, "explore_candidates"), settings, _when(settings, as_of))
+    typer.echo(f"batch {info.batch_id}: {info.rows:,} candidates for {info.users:,} users")
+
+
 ranker_app = typer.Typer(help="The multi-task feed ranker: weekly retrain, hourly fine-tune, the champion alias.")
 app.add_typer(ranker_app, name="ranker")
 

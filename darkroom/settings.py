@@ -310,6 +310,7 @@ class TwoTowerSettings(_Strict):
     index_queries: int = Field(1_000, ge=1, description="user embeddings the sweep searches with")
     active_user_days: int = Field(7, ge=1, description="users with a feed read within this many days get candidates")
     retrieve_k: int = Field(500, ge=1, description="ANN neighbours fetched per user before the exclusions")
+    score_k: int = Field(200, ge=1, description="candidates per user (best retrieval scores) the ranker scores")
     explore_size: int = Field(100, ge=1, description="candidates kept per user after the ranker's scoring")
     seen_days: int = Field(28, ge=1, description="posts impressed within this many days count as seen (excluded)")
 
@@ -317,8 +318,11 @@ class TwoTowerSettings(_Strict):
     def _gate_k_is_evaluated(self) -> TwoTowerSettings:
         if self.gate_k not in self.eval_ks:
             raise ValueError(f"gate_k {self.gate_k} must be one of eval_ks {self.eval_ks}")
-        if self.explore_size > self.retrieve_k:
-            raise ValueError(f"explore_size {self.explore_size} cannot exceed retrieve_k {self.retrieve_k}")
+        if not self.explore_size <= self.score_k <= self.retrieve_k:
+            raise ValueError(
+                f"need explore_size <= score_k <= retrieve_k, got {self.explore_size}, {self.score_k} and "
+                f"{self.retrieve_k}"
+            )
         return self
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import faiss  # noqa: F401  (before torch)
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -228,7 +229,7 @@ class TwoTowerPyfunc(_PythonModel):
     def load_context(self, context) -> None:
         self.encoder = TwoTowerEncoder.load(context.artifacts["two_tower"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         tower = (params or {}).get("tower", "user")
         table = pa.Table.from_pandas(model_input, preserve_index=False)
         if tower == "user":
@@ -360,7 +361,7 @@ def train_weekly(
         def on_steps(step: int, loss: float) -> None:
             steps.append((step, loss))
             mlflow.log_metric("train_loss_window", loss, step=step)
-            if len(steps) % 10 == 0:
+            if len(steps) % 10 == 0:  # about 5 lines an epoch
                 progress(f"two-tower: step {step:,}, loss {loss:.4f}")
 
         def on_epoch(e) -> None:
@@ -385,6 +386,7 @@ def train_weekly(
             item_counts=counts,
             on_epoch=on_epoch,
             on_steps=on_steps,
+            steps_per_report=max(1, counts.total // tcfg.batch_size // 50),  # about 50 points an epoch
         )
         encoder = TwoTowerEncoder(result.model, arch, columns)
 

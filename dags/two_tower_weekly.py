@@ -1,0 +1,100 @@
+"""
+### two_tower_weekly: the Explore retrieval model, its FAISS index and the Explore candidates, every week
+
+Runs when `fct_engagement_labels` is rebuilt, once a week (the run whose as-of is Monday 00:00 UTC; a manual run
+or `airflow dags test two_tower_weekly 2026-11-02` uses its own logical date).
+
+1. **train** (`darkroom two-tower train`): the training pairs of the last `two_tower.train_days` days
+   (`features.two_tower_examples`: explicit engagements, the user's earlier engaged posts, point-in-time features),
+   a two-tower model (in-batch softmax with log-Q correction) trained on all days but the last, evaluated on the
+   last: recall@K and NDCG@K for exact search, the chosen ANN index and the popularity baseline, and the champion on
+   the same holdout. One MLflow run in experiment `two_tower` with the index sweep (recall vs queries/s) and the
+   model; `@champion` moves only when recall@`gate_k` improves by more than `gate_margin`.
+2. **embed**: the champion's embeddings of the live posts and the active users (Spark `mapInPandas`) into
+   `serving.item_embeddings` / `serving.user_embeddings` for the batch.
+3. **index**: the FAISS index of the batch's item embeddings, the setting the model's sweep chose, checked against
+   exact search, saved under the state folder and logged as an `index-<batch>` MLflow run.
+4. **explore_candidates**: per active user, ANN top-K without own posts, followed authors and seen posts, scored by
+   `ranker@champion`, the best `two_tower.explore_size` into `serving.explore_candidates`.
+
+Runs in pool `ranker_training` (one slot) with the ranker DAGs: one model training at a time on the machine.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import dag, get_current_context, task
+
+from dags._defaults import default_args, run_as_of
+from dags.assets import FCT_ENGAGEMENT_LABELS, TWO_TOWER_CHAMPION, TWO_TOWER_EXAMPLES
+
+
+def _settings():
+    from darkroom.settings import load_settings
+
+    return load_settings()
+
+
+def _spark(settings, app: str):
+    from darkroom.spark import get_spark
+
+    return get_spark(settings, app)
+
+
+@dag(
+    dag_id="two_tower_weekly",
+    schedule=FCT_ENGAGEMENT_LABELS,
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["darkroom", "ml", "two_tower", "explore"],
+    default_args=default_args(execution_timeout=timedelta(hours=3)),
+)
+def two_tower_weekly():
+    @task.short_circuit
+    def week_complete() -> bool:
+        """Skips the run unless its as-of is Monday 00:00 UTC (or the run was started by hand)."""
+        context = get_current_context()
+        when = run_as_of(context)
+        by_hand = context["dag_run"].run_type in ("manual", "backfill")
+        return by_hand or (when.weekday() == 0 and when.time() == datetime.min.time())
+
+    @task(pool="ranker_training", outlets=[TWO_TOWER_EXAMPLES, TWO_TOWER_CHAMPION])
+    def train() -> dict:
+        from jobs.two_tower_examples.main import train_weekly
+
+        settings = _settings()
+        return train_weekly(settings, run_as_of(get_current_context()), spark=_spark(settings, "two_tower")).summary()
+
+    @task
+    def embed() -> dict:
+        from dataclasses import asdict
+
+        from jobs.two_tower_embeddings.main import embed as run_embed
+
+        settings = _settings()
+        return asdict(run_embed(_spark(settings, "two_tower_embeddings"), settings, run_as_of(get_current_context())))
+
+    @task
+    def index() -> dict:
+        from jobs.two_tower_embeddings.main import index_batch
+
+        settings = _settings()
+        built = index_batch(_spark(settings, "two_tower_index"), settings, run_as_of(get_current_context()))
+        return {"path": str(built.path), "spec": built.spec, "recall": built.recall, "run_id": built.run_id}
+
+    @task
+    def explore_candidates() -> dict:
+        from dataclasses import asdict
+
+        from jobs.explore_candidates.main import candidates
+
+        settings = _settings()
+        return asdict(candidates(_spark(settings, "explore_candidates"), settings, run_as_of(get_current_context())))
+
+    week_complete() >> train() >> embed() >> index() >> explore_candidates()
+
+
+two_tower_weekly()

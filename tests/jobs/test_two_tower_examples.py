@@ -81,3 +81,47 @@ def test_history_settings_are_checked(spark):
         T.with_history(engaged, start=t(10), end=t(11), history_len=0, lookback=timedelta(days=1))
     with pytest.raises(ValueError, match="lookback must be positive"):
         T.with_history(engaged, start=t(10), end=t(11), history_len=5, lookback=timedelta(0))
+
+
+ENGAGED = "user_id BIGINT, post_id BIGINT, author_id BIGINT, engaged_at TIMESTAMP"
+
+
+def test_history_as_of_is_the_latest_engagements_before_the_instant_oldest_first(spark):
+    engaged = spark.createDataFrame(
+        [
+            (1, 50, 500, t(1)),  # outside the 7-day lookback
+            (1, 60, 600, t(8, 12)),
+            (1, 62, 620, t(9, 8)),
+            (1, 61, 610, t(9, 8)),  # same instant as 62: by post id
+            (1, 70, 700, t(10, 9)),
+            (1, 71, 710, t(11)),  # at the instant: not yet history
+            (2, 80, 800, t(11, 1)),  # only after: user 2 has no history
+        ],
+        ENGAGED,
+    )
+    got = T.history_as_of(engaged, as_of=t(11), history_len=3, lookback=timedelta(days=7))
+    want = spark.createDataFrame([(1, [61, 62, 70])], "user_id BIGINT, history_post_ids ARRAY<BIGINT>")
+    assertDataFrameEqual(got, want)
+    with pytest.raises(ValueError, match="history_len must be at least 1"):
+        T.history_as_of(engaged, as_of=t(11), history_len=0, lookback=timedelta(days=7))
+
+
+def test_holdout_truth_excludes_own_posts_and_the_history(spark):
+    engaged = spark.createDataFrame([(1, 70, 700, t(10, 9)), (1, 71, 710, t(10, 10)), (2, 70, 700, t(10, 11))], ENGAGED)
+    history = spark.createDataFrame([(1, [60, 61]), (2, [])], "user_id BIGINT, history_post_ids ARRAY<BIGINT>")
+    posts = spark.createDataFrame([(90, 1), (91, 1), (70, 7), (71, 7)], "post_id BIGINT, author_id BIGINT")
+    got = T.holdout_truth(engaged, history, posts)
+    want = spark.createDataFrame(
+        [(1, [70, 71], [60, 61, 90, 91]), (2, [70], [])],
+        "user_id BIGINT, relevant ARRAY<BIGINT>, exclude ARRAY<BIGINT>",
+    )
+    assertDataFrameEqual(got, want)
+
+
+def test_live_posts_are_those_created_in_the_window(spark):
+    posts = spark.createDataFrame(
+        [(1, 5, t(1)), (2, 5, t(2)), (3, 6, t(9, 23)), (4, 6, t(10))],
+        "post_id BIGINT, author_id BIGINT, created_at TIMESTAMP",
+    )
+    got = T.live_posts(posts, since=t(2), until=t(10))
+    assertDataFrameEqual(got, spark.createDataFrame([(2, 5), (3, 6)], "post_id BIGINT, author_id BIGINT"))

@@ -90,3 +90,15 @@ def test_exact_top_k_chunks_agree_with_a_full_sort():
         ranked = [i for i in ids[np.argsort(-scores, kind="stable")].tolist() if i not in exclude[u]]
         assert top.ids[u].tolist() == ranked[:10]
         assert not set(top.ids[u].tolist()) & exclude[u]
+
+
+def test_the_gate_promotes_only_a_real_gain_or_a_first_model():
+    from ml.two_tower.pipeline import gate
+
+    assert gate(0.30, None, k=100, margin=0.0) == (True, "no champion yet (recall@100 0.3000)")
+    promote, reason = gate(0.31, 0.30, k=100, margin=0.005)
+    assert promote and "beats the champion's 0.3000 by 0.0100" in reason
+    promote, reason = gate(0.303, 0.30, k=100, margin=0.005)
+    assert not promote and "gain 0.0030 <= margin 0.005" in reason
+    assert gate(0.30, 0.30, k=100, margin=0.0)[0] is False  # a tie is not a win
+    assert gate(float("nan"), None, k=100, margin=0.0)[0] is False

@@ -18,6 +18,7 @@ from ml.two_tower.index import (
     load_index,
     save_index,
     search,
+    search_excluding,
     sweep,
 )
 
@@ -119,3 +120,19 @@ def test_a_small_real_sweep():
     best = choose(points, 0.99)
     assert best.recall >= 0.99
     assert best.queries_per_s == max(p.queries_per_s for p in points if p.recall >= 0.99)
+
+
+def test_search_excluding_matches_exact_search_with_the_same_exclusions():
+    queries = unit(5, 8, 3)
+    ids = np.arange(1000, 1300, dtype=np.int64)
+    index = exhaustive_index(ITEMS, ids)
+    exclude = [set(), {1000, 1001}, set(ids[:250].tolist()), {999_999}, set(ids.tolist())]
+    got = search_excluding(index, queries, 10, exclude)
+    want = exact_top_k(queries, ITEMS, ids, 10, exclude)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.scores[:4], want.scores[:4], rtol=1e-5)
+    for row, skip in zip(got.ids, exclude, strict=True):
+        assert not (set(row.tolist()) & skip)
+    assert (got.ids[4] == -1).all() and np.isneginf(got.scores[4]).all()  # everything excluded: padded
+    with pytest.raises(ValueError, match="2 exclusion sets for 5 queries"):
+        search_excluding(index, queries, 10, [set(), set()])

@@ -1,7 +1,11 @@
 """Two-tower retrieval: training examples/s (sparse against dense Adam) and the FAISS index sweep against exact search.
 
-Measured here (issue 7), on synthetic data for now; the quality table (recall@K of the model, popularity and exact
-search on the ``small`` world's time holdout) comes with the training pipeline:
+Measured here (issue 7):
+- the quality table (full only): the weekly run exactly as ``darkroom two-tower train`` runs it, on the ``small``
+  world of ``bench/dbt_build`` (its bronze and marts, linked read-only into ``<state>/bench/retrieval``; run that
+  bench first): recall@K and NDCG@K on the held-out last day for exact search over the model's embeddings, the
+  chosen ANN index and the popularity baseline; then the champion's embeddings of the live posts and active users
+  (Spark) and the batch's index, with their times;
 - training: the two towers at the settings' shape (id tables of 2^20 x 64: user, history, post, author) on
   synthetic (user, engaged post) pairs with Zipf-distributed posts, one epoch with SparseAdam on the id tables and
   one with dense Adam on fewer rows (dense Adam updates every row of every table each step);
@@ -16,6 +20,7 @@ search on the ``small`` world's time holdout) comes with the training pipeline:
 
 from __future__ import annotations
 
+import json
 import time
 
 import faiss  # noqa: F401  (before torch)
@@ -127,6 +132,72 @@ def _train(rows: int, dense_rows: int, progress) -> dict:
     return out
 
 
+WORLD_TABLES = (
+    "bronze/posts",
+    "bronze/follows",
+    "bronze/feed_reads",
+    "bronze/impressions",
+    "marts/fct_engagement_labels",
+    "marts/dim_user_features",
+    "marts/dim_post_features",
+)
+
+
+def _quality(settings: DarkroomSettings, progress) -> dict:
+    """The weekly run, the embeddings and the index on the small world of bench/dbt_build."""
+    import shutil
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from darkroom.spark import get_spark
+    from jobs.two_tower_embeddings.main import embed, index_batch
+    from jobs.two_tower_examples.main import train_weekly
+
+    source = settings.state_dir / "bench" / "dbt_build"
+    marker = json.loads((source / "bronze.json").read_text()) if (source / "bronze.json").exists() else None
+    missing = [t for t in WORLD_TABLES if not (source / "lake" / t / "_delta_log").is_dir()]
+    if marker is None or missing:
+        return {"skipped": f"no small world in {source} (missing {missing}): run `darkroom bench dbt_build` first"}
+    work = settings.state_dir / "bench" / "retrieval"
+    if work.exists():
+        shutil.rmtree(work)  # a fresh registry and examples table: the run is the first model, as in production
+    for t in WORLD_TABLES:
+        (work / "lake" / t).parent.mkdir(parents=True, exist_ok=True)
+        (work / "lake" / t).symlink_to((source / "lake" / t).resolve(), target_is_directory=True)
+    st = settings.model_copy(update={"state_dir": work, "jars_path": settings.jars_dir})
+    spark = get_spark(st, "bench_retrieval")
+    as_of = datetime.fromisoformat(marker["end"]).astimezone(UTC)
+    t0 = time.perf_counter()
+    result = train_weekly(st, as_of, spark=spark, progress=progress)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    emb = embed(spark, st, as_of)
+    embed_s = time.perf_counter() - t0
+    progress(f"embeddings: {emb.items:,} posts and {emb.users:,} users in {embed_s:.0f}s")
+    t0 = time.perf_counter()
+    built = index_batch(spark, st, as_of, progress=progress)
+    index_s = time.perf_counter() - t0
+    return {
+        "world": marker | {"as_of": as_of.isoformat()},
+        "run": result.summary() | {"seconds": round(train_s, 1), "examples_per_s": round(result.examples_per_s)},
+        "train_pairs": result.train_rows,
+        "holdout_users": result.holdout_users,
+        "catalogue_posts": result.catalogue_items,
+        "table": {name: {k: round(v, 4) for k, v in m.items()} for name, m in result.quality.items()},
+        "chosen_index_on_holdout": result.chosen_index,
+        "sweep_on_holdout": result.sweep,
+        "embeddings": asdict(emb) | {"seconds": round(embed_s, 1)},
+        "batch_index": {
+            "spec": built.spec,
+            "items": built.items,
+            "recall": built.recall,
+            "queries_per_s": round(built.queries_per_s),
+            "seconds": round(index_s, 1),
+            "path": str(built.path),
+        },
+    }
+
+
 def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     def progress(message: str) -> None:
         print(f"[bench retrieval] {message}", flush=True)
@@ -140,6 +211,6 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
         f"(flat) search, {index['items']:,} x {DIM} vectors, 1 FAISS thread, same run",
         "index": index,
         "training": training,
-        "quality": "not yet: needs the two-tower training pipeline on the small world (issue 7)",
+        "quality": {"skipped": "--quick: no world"} if quick else _quality(settings, progress),
         "params": {"items": items, "training_rows": rows, "dense_adam_rows": dense_rows, "quick": quick},
     }

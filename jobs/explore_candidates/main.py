@@ -81,7 +81,7 @@ def candidates(spark: SparkSession, settings: DarkroomSettings, as_of: datetime)
     from pyspark.sql import functions as F
 
     from feature_store.sources import read_table
-    from jobs.ranker_scoring.score import score_candidates
+    from jobs.ranker_scoring.score import resolve_model, score_candidates
 
     as_of, cfg = utc(as_of), settings.two_tower
     batch = batch_id(as_of)
@@ -103,8 +103,8 @@ def candidates(spark: SparkSession, settings: DarkroomSettings, as_of: datetime)
     )
     kept = T.exclude_known(near, posts, follows, impressions, as_of=as_of, seen_days=cfg.seen_days)
     shortlist = T.top_per_user(kept, cfg.score_k, F.col("retrieval_score").desc()).drop("rank")
-    scored = score_candidates(spark, settings, shortlist, as_of=as_of, surface="explore")
-    ranker_version = str(scored.select("ranker_version").first()[0]) if "ranker_version" in scored.columns else ""
+    ranker = resolve_model(settings)  # once: every partition scores with this version
+    scored = score_candidates(spark, settings, shortlist, as_of=as_of, surface="explore", model_uri=ranker.uri)
     best = T.top_per_user(scored, cfg.explore_size, F.col("value_score").desc(), F.col("retrieval_score").desc())
     out = best.select(
         F.lit(batch).alias("batch_id"),
@@ -113,12 +113,12 @@ def candidates(spark: SparkSession, settings: DarkroomSettings, as_of: datetime)
         F.col("value_score").cast("double").alias("score"),
         "rank",
         F.col("retrieval_score").cast("double").alias("retrieval_score"),
-        F.lit(f"two_tower/{meta['model_version']}").alias("model_version"),
+        F.lit(f"two_tower/{meta['model_version']}+ranker/{ranker.version}").alias("model_version"),
     )
     lake.replace_where(spark, CANDIDATES, settings, out, f"batch_id = '{batch}'")
     written = lake.read(spark, CANDIDATES, settings).where(F.col("batch_id") == batch)
     n_users = written.select("user_id").distinct().count()
-    return CandidatesInfo(batch, n_users, written.count(), str(meta["model_version"]), ranker_version)
+    return CandidatesInfo(batch, n_users, written.count(), str(meta["model_version"]), ranker.version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,11 @@ draining stdout for the server's lifetime (a full pipe would stall the server) a
 
 The free port comes from binding port 0 and closing the socket, so another process can take it before Redis binds
 it; Redis then logs "Address already in use" and exits, and the start is retried on a fresh port.
+
+``extra_args`` are appended to the command line and override the defaults (Redis takes the last value of a
+directive), e.g. ``("--appendonly", "yes", "--appendfsync", "always")`` for a crash test that restarts the server on
+the same ``directory`` and finds its data again, or ``("--requirepass", "secret")``. :meth:`kill` ends the server
+with SIGKILL (a crash: no shutdown, no save).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -50,11 +56,13 @@ class LocalRedisServer:
         binary: str = "redis-server",
         startup_timeout: float = 15.0,
         attempts: int = 5,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.directory = Path(directory)
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.attempts = attempts
+        self.extra_args = tuple(extra_args)
         self._port: int | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -114,6 +122,16 @@ class LocalRedisServer:
         proc.wait()
         self._join_reader()
 
+    def kill(self) -> None:
+        """End the server with SIGKILL, as a crash would: no shutdown, no save. :meth:`start` starts it again (on a
+        new port) with the same directory, so an append-only file written there is loaded back."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        self._join_reader()
+
     def __enter__(self) -> LocalRedisServer:
         return self.start()
 
@@ -137,6 +155,7 @@ class LocalRedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--protected-mode", "no",
+            *self.extra_args,
         ]  # fmt: skip
         proc = subprocess.Popen(
             args,
@@ -185,6 +204,9 @@ class LocalRedisServer:
             self._reader.join(timeout=5)
             self._reader = None
 
+    def _password(self) -> str | None:
+        return _last_value(self.extra_args, "--requirepass") or None
+
     def _shutdown_nosave(self) -> None:
         import redis  # the core's only use of redis-py; imported here so importing darkroom stays light
         from redis.backoff import NoBackoff
@@ -198,6 +220,7 @@ class LocalRedisServer:
             socket_timeout=5,
             socket_connect_timeout=5,
             retry=Retry(NoBackoff(), 0),
+            password=self._password(),
         )
         try:
             client.shutdown(nosave=True)
@@ -205,6 +228,11 @@ class LocalRedisServer:
             pass  # not answering: stop() falls back to SIGTERM / SIGKILL
         finally:
             client.close()
+
+
+def _last_value(args: Sequence[str], flag: str) -> str | None:
+    values = [args[i + 1] for i in range(len(args) - 1) if args[i] == flag]
+    return values[-1] if values else None
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

@@ -95,3 +95,28 @@ MODEL_ASSETS: dict[str, Asset] = {"ranker@champion": RANKER_CHAMPION, "two_tower
 # The two-tower model's training pairs (two_tower_weekly writes them).
 TWO_TOWER_EXAMPLES = _table_asset("features", "two_tower_examples")
 FEATURE_ASSETS: dict[str, Asset] = {a.name: a for a in (TWO_TOWER_EXAMPLES,)}
+
+# Serving: one batch per precompute run (batch_id = the data-interval end), what the serving publisher puts in Redis.
+SERVING_FEED_TIMELINES = _table_asset("serving", "feed_timelines")
+SERVING_CELEBRITY_POSTS = _table_asset("serving", "celebrity_posts")
+SERVING_PULL_AUTHORS = _table_asset("serving", "pull_authors")
+SERVING_POST_META = _table_asset("serving", "post_meta")
+SERVING_FANOUT_CONFIG = _table_asset("serving", "fanout_config")
+SERVING_STORY_RINGS = _table_asset("serving", "story_rings")
+SERVING_EXPLORE_CANDIDATES = _table_asset("serving", "explore_candidates")
+SERVING_USER_EMBEDDINGS = _table_asset("serving", "user_embeddings")
+SERVING_ITEM_EMBEDDINGS = _table_asset("serving", "item_embeddings")
+SERVING_ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in (
+        SERVING_FEED_TIMELINES,
+        SERVING_CELEBRITY_POSTS,
+        SERVING_PULL_AUTHORS,
+        SERVING_POST_META,
+        SERVING_FANOUT_CONFIG,
+        SERVING_STORY_RINGS,
+        SERVING_EXPLORE_CANDIDATES,
+        SERVING_USER_EMBEDDINGS,
+        SERVING_ITEM_EMBEDDINGS,
+    )
+}

@@ -717,3 +717,94 @@ def ranker_rollback(config: ConfigOpt = None) -> None:
         typer.echo(f"ranker rollback: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"@champion: version {current} -> {target}")
+
+
+serving_app = typer.Typer(help="What the online feed reads: versioned Redis publishes of serving.*, and the API.")
+app.add_typer(serving_app, name="serving")
+GroupsOpt = Annotated[
+    list[str] | None, typer.Option("--groups", help="key-family groups: feed, stories, explore (default: all)")
+]
+
+
+@serving_app.command("publish")
+def serving_publish(
+    batch_id: Annotated[str, typer.Option("--batch-id", help="the batch: its data-interval end, YYYYMMDDTHHMMZ")],
+    groups: GroupsOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="publish again a batch that is already current")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the batch's serving.* tables to Redis (settings.redis_url) as a new version per group, verify it, switch
+    the group's pointer, expire the version it replaces."""
+    from darkroom.spark import get_spark
+    from serving.errors import ServingError
+    from serving.keys import check_batch_id, check_group
+    from serving.publisher import publish_batch
+
+    settings = _settings(config)
+    try:
+        check_batch_id(batch_id)  # before Spark starts
+        for group in groups or []:
+            check_group(group)
+        results = publish_batch(get_spark(settings, "serving_publish"), settings, batch_id, groups, force=force)
+    except (ServingError, ValueError) as e:
+        typer.echo(f"serving publish: {e}", err=True)
+        raise typer.Exit(2) from None
+    for result in results:
+        typer.echo(result.line())
+
+
+@serving_app.command("status")
+def serving_status(groups: GroupsOpt = None, config: ConfigOpt = None) -> None:
+    """The current version of each group, its manifest, and every version still known with its state."""
+    from serving.publisher import RedisPublisher
+
+    settings = _settings(config)
+    with RedisPublisher.from_settings(settings) as publisher:
+        _echo_json(publisher.status(groups))
+
+
+@serving_app.command("api")
+def serving_api(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    config: ConfigOpt = None,
+) -> None:
+    """The HTTP API (uvicorn) over settings.redis_url; the OpenAPI document at /openapi.json."""
+    import uvicorn
+
+    from serving.api import create_app
+
+    uvicorn.run(create_app(_settings(config)), host=host, port=port, access_log=False)
+
+
+precompute_app = typer.Typer(help="The serving tables of one batch (batch_id = --as-of): feed timelines, story rings.")
+app.add_typer(precompute_app, name="precompute")
+
+
+@precompute_app.command("feed")
+def precompute_feed(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Push timelines scored by ranker@champion (top fanout.timeline_cap), pull authors, celebrity posts, post
+    metadata and the fan-out config, under the latest fan-out policy at or before --as-of."""
+    from jobs.feed_precompute.main import FanoutPolicyMissing, precompute
+    from jobs.ranker_scoring.score import RankerModelError
+
+    settings = _settings(config)
+    try:
+        precompute(settings, _when(settings, as_of), progress=typer.echo)
+    except (FanoutPolicyMissing, RankerModelError) as e:
+        typer.echo(f"precompute feed: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@precompute_app.command("stories")
+def precompute_stories(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
+    """Story rings from fct_story_ring_signals (as of --as-of): unseen first, then engagement."""
+    from darkroom.lake import StaleTableError
+    from jobs.story_rings.main import build_rings
+
+    settings = _settings(config)
+    try:
+        build_rings(settings, _when(settings, as_of), progress=typer.echo)
+    except (StaleTableError, FileNotFoundError) as e:
+        typer.echo(f"precompute stories: {e}", err=True)
+        raise typer.Exit(2) from None

@@ -326,6 +326,60 @@ class TwoTowerSettings(_Strict):
         return self
 
 
+class StoryRingWeights(_Strict):
+    """Weights of the story ring's engagement term (fct_story_ring_signals' columns); non-negative, so the term is."""
+
+    dms: float = Field(3.0, ge=0, description="x dms_7d: DMs the viewer sent the author")
+    profile_visits: float = Field(1.0, ge=0, description="x profile_visits_7d")
+    likes_comments: float = Field(1.0, ge=0, description="x likes_comments_7d on the author's posts")
+    story_views: float = Field(1.0, ge=0, description="x story_views_7d of the author's stories")
+    affinity: float = Field(1.0, ge=0, description="x affinity_score (the 90-day decayed affinity at as_of)")
+
+
+class PrecomputeSettings(_Strict):
+    """What the serving precompute jobs (jobs/feed_precompute, jobs/story_rings) put in the serving.* tables; the
+    timeline cap is ``fanout.timeline_cap`` (the cost model and the timelines share one cap)."""
+
+    timeline_lookback_hours: float = Field(
+        72.0, gt=0, description="a followed push author's post is a timeline candidate while younger than this"
+    )
+    celebrity_window_hours: float = Field(
+        72.0, gt=0, description="a pull-mode author's post is in celebrity:{id}:posts while younger than this"
+    )
+    celebrity_posts_cap: int = Field(800, ge=1, description="newest posts kept per celebrity:{author_id}:posts")
+    exclude_seen: bool = Field(
+        True, description="drop candidates the user was already shown (an impression before as_of); hidden always"
+    )
+    base_score_viewers: int = Field(
+        100, ge=1, description="active followers (a seeded sample) a pull-mode post is scored for: its base_score"
+    )
+    ring_weights: StoryRingWeights = StoryRingWeights()
+
+
+class ServingSettings(_Strict):
+    """The serving publisher and readers (serving/): versioned Redis keys, verification, the feed's read-time merge."""
+
+    key_prefix: str = Field("sv", min_length=1, pattern=r"^[a-z0-9_]+$", description="first segment of every key")
+    cluster: bool = Field(False, description="redis_url names a node of a Redis Cluster (RedisCluster client)")
+    grace_seconds: int = Field(
+        3600, ge=0, description="a superseded version's keys expire this long after the switch (open cursors, readers)"
+    )
+    pipeline_keys: int = Field(
+        64, ge=1, description="keys per pipeline round trip when publishing; bounds how long a shard stalls reads"
+    )
+    writers: int = Field(0, ge=0, description="parallel writer processes of an in-memory publish; 0 = the CPU count")
+    timeline_cap: int = Field(800, ge=1, description="entries per timeline; a longer one is refused (fanout's cap)")
+    timeline_encoding: Literal["skiplist", "listpack"] = Field(
+        "skiplist",
+        description="the encoding of a full timeline, checked against the server's zset-max-listpack-entries: "
+        "skiplist = 4x the memory of listpack, 1/7 of its write CPU and 1/6 of its deep-page read CPU (bench/publish)",
+    )
+    verify_sample: int = Field(100, ge=0, description="keys per family whose whole content is compared with the source")
+    pull_window_hours: float = Field(24.0, gt=0, description="a pull-mode author's posts this recent are merged")
+    posts_per_pull_author: int = Field(5, ge=1, description="at most this many recent posts per pull-mode author")
+    page_max: int = Field(100, ge=1, description="the largest page the feed and explore readers serve")
+
+
 class MlflowSettings(_Strict):
     """Where runs are tracked; default a SQLite store and artifact folder under the state folder."""
 
@@ -356,6 +410,8 @@ class DarkroomSettings(BaseSettings):
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     ranker: RankerSettings = RankerSettings()
     two_tower: TwoTowerSettings = TwoTowerSettings()
+    serving: ServingSettings = ServingSettings()
+    precompute: PrecomputeSettings = PrecomputeSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -44,6 +44,7 @@ print(json.dumps({
     "mart_assets": {m: asset(a) for m, a in dags.assets.MART_ASSETS.items()},
     "storage_assets": {m: asset(a) for m, a in dags.assets.STORAGE_ASSETS.items()},
     "fanout_assets": {m: asset(a) for m, a in dags.assets.FANOUT_ASSETS.items()},
+    "serving_assets": {m: asset(a) for m, a in dags.assets.SERVING_ASSETS.items()},
     "model_assets": {m: asset(a) for m, a in dags.assets.MODEL_ASSETS.items()},
     "feature_assets": {m: asset(a) for m, a in dags.assets.FEATURE_ASSETS.items()},
     "asset_constants": {k: asset(a) for k, a in vars(dags.assets).items() if isinstance(a, Asset)},
@@ -155,7 +156,12 @@ def test_assets_name_the_registry_tables(dagbag):
     for name, asset in marts.items():
         t = table(f"marts.{name}")
         assert asset == {"name": t.qualified_name, "uri": f"x-darkroom://marts/{name}", "group": "marts"}
-    for name, asset in {**dagbag["storage_assets"], **dagbag["fanout_assets"], **dagbag["feature_assets"]}.items():
+    for name, asset in {
+        **dagbag["storage_assets"],
+        **dagbag["fanout_assets"],
+        **dagbag["feature_assets"],
+        **dagbag["serving_assets"],
+    }.items():
         t = table(name)
         assert asset == {"name": name, "uri": f"x-darkroom://{t.layer}/{t.name}", "group": t.layer}
     for alias, asset in dagbag["model_assets"].items():  # registry aliases: models:/<name>@<alias>
@@ -170,6 +176,7 @@ def test_assets_name_the_registry_tables(dagbag):
         *dagbag["fanout_assets"].values(),
         *dagbag["model_assets"].values(),
         *dagbag["feature_assets"].values(),
+        *dagbag["serving_assets"].values(),
     ]
     assert sorted(a["uri"] for a in constants) == sorted(a["uri"] for a in wired)
     assert len({a["uri"] for a in constants}) == len(constants)

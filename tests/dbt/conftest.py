@@ -11,6 +11,7 @@ the full refresh's. Mart checks read the tables by path from the test's own Spar
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -85,3 +86,53 @@ def dbt_world(dbt_bronze, spark) -> DbtWorld:
     }
     summary = run_dbt(s, "build", full_refresh=True, as_of=WORLD_END)
     return DbtWorld(settings=s, as_of=WORLD_END, build=summary, incremental_versions=versions)
+
+
+# The ranker of ``champion_world``: tiny dimensions (as in test_ranker_training.py), one epoch, a week of training.
+CHAMPION_RANKER = {
+    "embedding_dim": 8,
+    "id_buckets": 4096,
+    "multi_buckets": 256,
+    "dense_hidden": [16],
+    "num_experts": 2,
+    "expert_hidden": [16],
+    "tower_hidden": [8],
+    "epochs": 1,
+    "batch_size": 256,
+    "shuffle_buffer_rows": 4096,
+    "train_days": 7,
+}
+
+
+@dataclass
+class ChampionWorld:
+    """A state of its own with dbt_world's lake, the fan-out policy as of ``as_of`` and ``models:/ranker@champion``
+    (version ``champion_version``) in its own MLflow store: what the serving precompute jobs need."""
+
+    settings: DarkroomSettings
+    as_of: datetime
+    champion_version: str
+
+
+@pytest.fixture(scope="session")
+def champion_world(dbt_world, tmp_path_factory, spark) -> ChampionWorld:
+    """dbt_world's lake copied into a new state, ``fanout_threshold`` run as of WORLD_END (budgets under which the
+    tiny graph has push and pull authors, as in test_fanout_tuning.py; no report, no MLflow run) and a tiny ranker
+    trained on the week before WORLD_END, the first model, so it becomes champion."""
+    from jobs.fanout_threshold.main import tune
+    from ml.ranker.pipeline import retrain
+
+    state = tmp_path_factory.mktemp("champion-state")
+    shutil.copytree(dbt_world.settings.lake_dir, state / "lake")
+    s = load_settings(
+        state_dir=state,
+        jars_path=dbt_world.settings.jars_dir,
+        spark=dbt_world.settings.spark.model_dump(),
+        world=dbt_world.settings.world.model_dump(),
+        fanout={"read_budget_merges": 20, "fanout_writes_per_second": 5.0},
+        ranker=CHAMPION_RANKER,
+    )
+    tune(s, WORLD_END, spark, with_report=False, log_mlflow=False, progress=lambda *_: None)
+    run = retrain(s, WORLD_END, spark=spark, with_baselines=False, progress=lambda *_: None)
+    assert run.champion_version == run.version, run.decision.reason
+    return ChampionWorld(settings=s, as_of=WORLD_END, champion_version=run.version)

@@ -1,0 +1,1 @@
+"""Batch scoring of (user, post, author) candidates by a registered ranker (feed timelines, Explore candidates)."""

@@ -27,7 +27,14 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
-from dags.assets import FCT_ENGAGEMENT_LABELS, TWO_TOWER_CHAMPION, TWO_TOWER_EXAMPLES
+from dags.assets import (
+    FCT_ENGAGEMENT_LABELS,
+    SERVING_EXPLORE_CANDIDATES,
+    SERVING_ITEM_EMBEDDINGS,
+    SERVING_USER_EMBEDDINGS,
+    TWO_TOWER_CHAMPION,
+    TWO_TOWER_EXAMPLES,
+)
 
 
 def _settings():
@@ -68,7 +75,7 @@ def two_tower_weekly():
         settings = _settings()
         return train_weekly(settings, run_as_of(get_current_context()), spark=_spark(settings, "two_tower")).summary()
 
-    @task
+    @task(outlets=[SERVING_ITEM_EMBEDDINGS, SERVING_USER_EMBEDDINGS])
     def embed() -> dict:
         from dataclasses import asdict
 
@@ -85,7 +92,7 @@ def two_tower_weekly():
         built = index_batch(_spark(settings, "two_tower_index"), settings, run_as_of(get_current_context()))
         return {"path": str(built.path), "spec": built.spec, "recall": built.recall, "run_id": built.run_id}
 
-    @task
+    @task(outlets=[SERVING_EXPLORE_CANDIDATES])
     def explore_candidates() -> dict:
         from dataclasses import asdict
 

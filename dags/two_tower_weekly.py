@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._defaults import week_complete as is_week_complete
 from dags.assets import (
     FCT_ENGAGEMENT_LABELS,
     SERVING_EXPLORE_CANDIDATES,
@@ -63,10 +64,7 @@ def two_tower_weekly():
     @task.short_circuit
     def week_complete() -> bool:
         """Skips the run unless its as-of is Monday 00:00 UTC (or the run was started by hand)."""
-        context = get_current_context()
-        when = run_as_of(context)
-        by_hand = context["dag_run"].run_type in ("manual", "backfill")
-        return by_hand or (when.weekday() == 0 and when.time() == datetime.min.time())
+        return is_week_complete(get_current_context())
 
     @task(pool="ranker_training", outlets=[TWO_TOWER_EXAMPLES, TWO_TOWER_CHAMPION])
     def train() -> dict:

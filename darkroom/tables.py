@@ -7,6 +7,7 @@ partitioned by ``dt``, a Delta generated column ``CAST(<event_time> AS DATE)``. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -180,6 +181,13 @@ SERVING_KEYS = {
     "user_embeddings": ("batch_id", "user_id"),
     "item_embeddings": ("batch_id", "post_id"),
 }
+
+
+def batch_id(as_of: datetime) -> str:
+    """The serving batch of a run (the ``batch_id`` of every ``serving.*`` table): its data-interval end as
+    ``YYYYMMDDTHHMMZ`` in UTC; a naive instant is UTC."""
+    as_of = as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
+    return f"{as_of:%Y%m%dT%H%MZ}"
 
 
 @cache

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from darkroom.tables import batch_id  # noqa: F401  (re-exported: the batch of a run)
 from jobs.fanout_threshold.transform import PULL, PUSH
 
 # A policy name of fanout.policies -> its column of fanout.author_modes (or the mode every author has).
@@ -25,11 +26,6 @@ def utc(ts: datetime) -> datetime:
     """A plain UTC ``datetime`` (naive means UTC; Airflow's pendulum subclass is turned into the standard one)."""
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
-
-
-def batch_id(as_of: datetime) -> str:
-    """The serving batch of a run: its data-interval end as ``YYYYMMDDTHHMMZ`` (UTC)."""
-    return f"{utc(as_of):%Y%m%dT%H%MZ}"
 
 
 def recent(column: str, *, as_of: datetime, hours: float) -> Column:

@@ -7,10 +7,7 @@ from datetime import datetime, timedelta
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-
-def batch_id(as_of: datetime) -> str:
-    """The serving batch of a run: its data-interval end as ``YYYYMMDDTHHMMZ`` (UTC)."""
-    return f"{as_of:%Y%m%dT%H%MZ}"
+from darkroom.tables import batch_id  # noqa: F401  (re-exported: the batch of a run)
 
 
 def active_users(feed_reads: DataFrame, *, as_of: datetime, days: int) -> DataFrame:

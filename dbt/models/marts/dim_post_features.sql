@@ -37,16 +37,26 @@ impressions as (
 
 ),
 
-user_features as (
+all_user_features as (
 
     select * from {{ ref('dim_user_features') }}
 
 ),
 
+user_features as (
+
+    select * from all_user_features
+    {% if is_incremental() %}
+        where feature_date >= {{ incremental_start_date('feature_date') }}
+    {% endif %}
+
+),
+
+-- the partition column only
 feature_start as (
 
     select min(feature_date) as first_feature_date
-    from user_features
+    from all_user_features
 
 ),
 

@@ -78,6 +78,17 @@ grid_range as (
 
 ),
 
+-- The grid's own days of reads: an incremental run reads ten days of the table, not its whole history.
+feed_reads_in_grid as (
+
+    select feed_reads_daily.*
+    from feed_reads_daily
+    {% if is_incremental() %}
+        where feed_reads_daily.read_date >= date_sub({{ incremental_start_date('feature_date') }}, 6)
+    {% endif %}
+
+),
+
 calendar as (
 
     select
@@ -207,7 +218,7 @@ user_day_activity as (
         coalesce(follows_daily.new_followers, 0) as new_followers,
         coalesce(follows_daily.new_followees, 0) as new_followees,
         coalesce(posts_daily.posts, 0) as posts,
-        coalesce(feed_reads_daily.feed_reads, 0) as feed_reads,
+        coalesce(feed_reads_in_grid.feed_reads, 0) as feed_reads,
         coalesce(impressions_daily.impressions, 0) as impressions,
         coalesce(impressions_daily.likes, 0) as likes
     from user_days
@@ -219,10 +230,10 @@ user_day_activity as (
         on
             user_days.user_id = posts_daily.user_id
             and user_days.feature_date = posts_daily.feature_date
-    left join feed_reads_daily
+    left join feed_reads_in_grid
         on
-            user_days.user_id = feed_reads_daily.user_id
-            and user_days.feature_date = feed_reads_daily.read_date
+            user_days.user_id = feed_reads_in_grid.user_id
+            and user_days.feature_date = feed_reads_in_grid.read_date
     left join impressions_daily
         on
             user_days.user_id = impressions_daily.user_id

@@ -3,11 +3,15 @@
 Precedence, highest first: keyword arguments, ``DARKROOM_*`` environment variables (nested with ``__``, e.g.
 ``DARKROOM_SPARK__MASTER=spark://host:7077``), the YAML file named by ``DARKROOM_CONFIG`` (or ``--config``), then the
 embedded ``local`` profile. Unknown keys and bad values fail at start with the key and the reason.
+
+The lake is a local folder by default (``<state_dir>/lake``); ``lake_uri`` moves it to another folder or to an object
+store (``s3a://bucket/prefix``, reached through Hadoop's S3A connector with the ``s3`` settings).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +23,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 CONFIG_ENV = "DARKROOM_CONFIG"
+S3A_SCHEME = "s3a://"
+# S3's bucket naming rules (3-63 lower-case letters, digits, dots and hyphens; a letter or digit at both ends).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class SettingsError(ValueError):
@@ -380,6 +387,32 @@ class ServingSettings(_Strict):
     page_max: int = Field(100, ge=1, description="the largest page the feed and explore readers serve")
 
 
+class S3Settings(_Strict):
+    """The object store of an ``s3a://`` lake (``lake_uri``), through Hadoop's S3A connector.
+
+    Credentials are not settings: Spark copies ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (and
+    ``AWS_SESSION_TOKEN``) from the driver's environment into ``fs.s3a.*``; without them S3A's default chain (instance
+    profile, ...) applies.
+    """
+
+    endpoint_url: str | None = Field(
+        None, description="an S3-compatible store, e.g. http://minio:9000; default AWS's endpoint for the region"
+    )
+    region: str | None = Field(None, min_length=1, description="the signing region (fs.s3a.endpoint.region)")
+    path_style_access: bool = Field(
+        False, description="the bucket in the URL path, not in the host name (MinIO and most S3-compatible stores)"
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not re.fullmatch(r"https?://[^/\s]+/?", v):
+            raise ValueError("expected http(s)://host[:port]")
+        return v.rstrip("/")
+
+
 class MlflowSettings(_Strict):
     """Where runs are tracked; default a SQLite store and artifact folder under the state folder."""
 
@@ -398,6 +431,9 @@ class DarkroomSettings(BaseSettings):
     # Where set-up resolved the Delta jars; default <state_dir>/jars. Tests point many state dirs at one set.
     jars_path: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where the lake lives; default <state_dir>/lake. With s3a://, some tables stay local (darkroom.tables.LOCAL_ONLY).
+    lake_uri: str | None = None
+    s3: S3Settings = S3Settings()
     spark: SparkSettings = SparkSettings()
     world: WorldSettings = WorldSettings()
     ingest: IngestSettings = IngestSettings()
@@ -418,6 +454,26 @@ class DarkroomSettings(BaseSettings):
     def _absolute(cls, v: Path) -> Path:
         return (v if v.is_absolute() else PROJECT_ROOT / v).resolve()
 
+    @field_validator("lake_uri")
+    @classmethod
+    def _lake_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.startswith(S3A_SCHEME):
+            bucket, _, prefix = v.removeprefix(S3A_SCHEME).partition("/")
+            if not _BUCKET.fullmatch(bucket):
+                raise ValueError(f"expected s3a://bucket[/prefix], and {bucket!r} is not a valid S3 bucket name")
+            prefix = prefix.strip("/")
+            return f"{S3A_SCHEME}{bucket}/{prefix}" if prefix else f"{S3A_SCHEME}{bucket}"
+        if "://" in v:
+            raise ValueError(
+                "expected s3a://bucket[/prefix] or an absolute local path; no other scheme (Spark reaches S3 through "
+                "Hadoop's S3A connector: s3a://, not s3://)"
+            )
+        if not Path(v).is_absolute():
+            raise ValueError("expected s3a://bucket[/prefix] or an absolute local path, not a relative path")
+        return str(Path(v).resolve())
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -431,7 +487,16 @@ class DarkroomSettings(BaseSettings):
 
     # Every path darkroom writes is derived here, once.
     @property
+    def lake_on_object_store(self) -> bool:
+        """True when ``lake_uri`` is an ``s3a://`` URI."""
+        return self.lake_uri is not None and self.lake_uri.startswith(S3A_SCHEME)
+
+    @property
     def lake_dir(self) -> Path:
+        """The lake's local folder: ``lake_uri`` when it is a path, else ``<state_dir>/lake`` (with an ``s3a://`` lake,
+        what stays local: the tables in ``darkroom.tables.LOCAL_ONLY``)."""
+        if self.lake_uri is not None and not self.lake_on_object_store:
+            return Path(self.lake_uri)
         return self.state_dir / "lake"
 
     @property

@@ -1,4 +1,8 @@
-"""The Spark session factory: Delta from local jars, the master from settings, quiet when not on a terminal."""
+"""The Spark session factory: Delta from local jars, the master from settings, quiet when not on a terminal.
+
+With the lake on an object store (``lake_uri = s3a://...``) the session also gets Hadoop's S3A settings; the
+``hadoop-aws`` jar and its AWS SDK bundle are not resolved by local set-up (the project image has them in Spark's jars).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,26 @@ def spark_conf(settings: DarkroomSettings, app_name: str) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = "127.0.0.1"
         # Delta reads its log with 50 partitions by default: most of the time of a small table's read or MERGE.
         conf["spark.databricks.delta.snapshotPartitions"] = "2"
+    if settings.lake_on_object_store:
+        conf.update(s3a_conf(settings))
     conf.update(s.conf)
+    return conf
+
+
+def s3a_conf(settings: DarkroomSettings) -> dict[str, str]:
+    """Hadoop's S3A connector for an ``s3a://`` lake: endpoint, signing region, path-style access.
+
+    No credentials: Spark copies ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``) from the
+    driver's environment into ``fs.s3a.access.key`` / ``fs.s3a.secret.key``, so they stay out of settings files and
+    of the Spark UI; without them S3A's default credential chain applies.
+    """
+    s3 = settings.s3
+    conf = {"spark.hadoop.fs.s3a.path.style.access": str(s3.path_style_access).lower()}
+    if s3.endpoint_url:
+        conf["spark.hadoop.fs.s3a.endpoint"] = s3.endpoint_url
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(s3.endpoint_url.startswith("https://")).lower()
+    if s3.region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = s3.region
     return conf
 
 

@@ -2,6 +2,9 @@
 
 Input datasets (bronze, and the oracle) take their schema and key from their data contract; event tables are
 partitioned by ``dt``, a Delta generated column ``CAST(<event_time> AS DATE)``. No other module spells a table path.
+
+``Table.path`` is a table's local folder; ``Table.uri`` is where Spark reads and writes it: the same folder, or, when
+``settings.lake_uri`` is an ``s3a://`` URI, ``<lake_uri>/<layer>/<name>`` for every table not in ``LOCAL_ONLY``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,26 @@ Layer = Literal[
 PARTITION_COLUMN = "dt"
 DBT_MODELS_DIR = PROJECT_ROOT / "dbt" / "models"
 
+# With the lake on an object store (``lake_uri = s3a://...``) these stay in the local lake folder (``lake_dir``):
+# code outside Spark writes or reads their files by local path, or several Spark applications write them at once, which
+# Delta on S3 does not make safe (one driver at a time, unless S3DynamoDBLogStore). A Spark cluster then needs that
+# folder at the same path on the driver and on every executor (a shared volume). Key: a layer or a qualified table
+# name; value: why.
+_DBT_WRITES = "dbt writes its models under location_root = DARKROOM_LAKE_DIR (darkroom/dbt_runner.py, dbt_project.yml)"
+_DELTA_RS_WRITES = "blobstore/catalog.py writes it with delta-rs (deltalake) at a local path"
+LOCAL_ONLY: dict[str, str] = {
+    "landing": "jobs/generate writes the input files and jobs/ingest lists them with pathlib",
+    "intermediate": _DBT_WRITES,
+    "marts": _DBT_WRITES,
+    "blob_catalog.media_locations": _DELTA_RS_WRITES,
+    "meta.media_placement": _DELTA_RS_WRITES,
+    "meta.ingest_ledger": "every ingest task MERGEs into it, several at once in the ingest DAG (one Spark driver each)",
+    "features.training_set_ranker_v1": "ml/ranker lists its files with delta-rs and reads them with pyarrow "
+    "(feature_store.offline.training_set_files)",
+    "features.two_tower_examples": "ml/two_tower lists its files with delta-rs and reads them with pyarrow "
+    "(jobs/two_tower_examples)",
+}
+
 
 @dataclass(frozen=True)
 class Table:
@@ -53,11 +76,20 @@ class Table:
     def qualified_name(self) -> str:
         return f"{self.layer}.{self.name}"
 
+    @property
+    def local_only(self) -> str | None:
+        """Why the table stays in the local lake folder when the lake is on an object store (None: it moves)."""
+        return LOCAL_ONLY.get(self.qualified_name) or LOCAL_ONLY.get(self.layer)
+
     def path(self, settings: DarkroomSettings) -> Path:
+        """The table's local folder (with an ``s3a://`` lake, only meaningful for ``local_only`` tables)."""
         base = settings.landing_dir if self.layer == "landing" else settings.lake_dir / self.layer
         return base / self.name
 
     def uri(self, settings: DarkroomSettings) -> str:
+        """Where Spark reads and writes the table: under ``lake_uri`` on an object store unless ``local_only``."""
+        if settings.lake_on_object_store and self.local_only is None:
+            return f"{settings.lake_uri}/{self.layer}/{self.name}"
         return str(self.path(settings))
 
     @property

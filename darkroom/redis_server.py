@@ -13,6 +13,11 @@ it; Redis then logs "Address already in use" and exits, and the start is retried
 directive), e.g. ``("--appendonly", "yes", "--appendfsync", "always")`` for a crash test that restarts the server on
 the same ``directory`` and finds its data again, or ``("--requirepass", "secret")``. :meth:`kill` ends the server
 with SIGKILL (a crash: no shutdown, no save).
+
+:class:`LocalRedisCluster` is a real Redis Cluster of such servers (``cluster=True``: cluster mode, its bus on a
+second free port chosen with the client port at each start attempt), one directory each, joined by
+``redis-cli --cluster create`` (all primaries, no replicas). It is ready once every node's ``CLUSTER INFO`` says
+``cluster_state:ok`` and knows every other node (polled, with a deadline).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -46,7 +52,8 @@ class LocalRedisServer:
 
     ``directory`` is the server's ``--dir`` (its working directory; nothing is saved there with persistence off).
     ``startup_timeout`` bounds each start attempt; ``attempts`` is how many fresh ports are tried when the chosen one
-    was taken in the meantime.
+    was taken in the meantime. ``cluster`` starts the server in cluster mode (its node file in ``directory``, its bus
+    on another free port), to be joined into a cluster by :class:`LocalRedisCluster`.
     """
 
     def __init__(
@@ -57,12 +64,14 @@ class LocalRedisServer:
         startup_timeout: float = 15.0,
         attempts: int = 5,
         extra_args: Sequence[str] = (),
+        cluster: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.attempts = attempts
         self.extra_args = tuple(extra_args)
+        self.cluster = cluster
         self._port: int | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -155,6 +164,7 @@ class LocalRedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--protected-mode", "no",
+            *(self._cluster_args(port) if self.cluster else ()),
             *self.extra_args,
         ]  # fmt: skip
         proc = subprocess.Popen(
@@ -187,6 +197,15 @@ class LocalRedisServer:
         raise LocalRedisError(
             f"redis-server exited with code {proc.returncode} before it was ready; output:\n{self.output}"
         )
+
+    @staticmethod
+    def _cluster_args(port: int) -> tuple[str, ...]:
+        """Cluster mode with the bus on its own free port: the default (port + 10000) may be taken or above 65535.
+        A bus port taken meanwhile also logs "Address already in use", so the retry draws both ports again."""
+        bus = free_port()
+        while bus == port:
+            bus = free_port()
+        return ("--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf")
 
     def _drain(self, proc: subprocess.Popen[str]) -> None:
         """Read the server's stdout to its end: flags readiness, keeps the tail, and keeps the pipe from filling."""
@@ -228,6 +247,150 @@ class LocalRedisServer:
             pass  # not answering: stop() falls back to SIGTERM / SIGKILL
         finally:
             client.close()
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of ``primaries`` (at least 3, the minimum ``redis-cli --cluster create`` accepts) cluster-mode
+    :class:`LocalRedisServer` nodes, no replicas, started on ``__enter__`` and shut down on ``__exit__``.
+
+    Each node runs in ``directory / node<i>`` with persistence off. The slots are assigned by
+    ``redis-cli --cluster create``; :meth:`start` returns once every node reports ``cluster_state:ok`` and knows all
+    the others (``CLUSTER INFO``, polled until ``startup_timeout``). :attr:`url` names the first node, from which a
+    cluster client discovers the rest; :attr:`nodes` are the servers, for per-node checks (``SCAN``, ``FLUSHALL``).
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        primaries: int = 3,
+        binary: str = "redis-server",
+        cli: str = "redis-cli",
+        startup_timeout: float = 30.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if primaries < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 primaries, got {primaries}")
+        self.directory = Path(directory)
+        self.primaries = primaries
+        self.binary = binary
+        self.cli = cli
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.nodes: list[LocalRedisServer] = []
+
+    @property
+    def url(self) -> str:
+        if not self.nodes:
+            raise LocalRedisError("the local Redis Cluster is not running (use it as a context manager, or start())")
+        return self.nodes[0].url
+
+    def start(self) -> LocalRedisCluster:
+        """Start the nodes, join them, and return once the cluster serves every slot; raise :class:`LocalRedisError`
+        otherwise (nothing is left running)."""
+        if self.nodes:
+            raise LocalRedisError("the local Redis Cluster is already running")
+        cli = shutil.which(self.cli)
+        if cli is None:
+            raise LocalRedisError(f"{self.cli!r} not found on PATH: install redis-tools (apt-get install redis-tools)")
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            for i in range(self.primaries):
+                node = LocalRedisServer(
+                    self.directory / f"node{i}", binary=self.binary, extra_args=self.extra_args, cluster=True
+                )
+                self.nodes.append(node)
+                node.start()
+            self._create(cli, deadline)
+            self._wait_ok(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Shut every node down (see :meth:`LocalRedisServer.stop`). Safe to call twice."""
+        nodes, self.nodes = self.nodes, []
+        for node in nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _create(self, cli: str, deadline: float) -> None:
+        password = _last_value(self.extra_args, "--requirepass")
+        args = [
+            cli,
+            *(("-a", password, "--no-auth-warning") if password else ()),
+            "--cluster", "create",
+            *(f"127.0.0.1:{node.port}" for node in self.nodes),
+            "--cluster-replicas", "0",
+            "--cluster-yes",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except subprocess.TimeoutExpired as e:
+            raise LocalRedisError(f"redis-cli --cluster create did not finish in {self.startup_timeout:.0f} s") from e
+        if done.returncode != 0:
+            raise LocalRedisError(
+                f"redis-cli --cluster create failed (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+            )
+
+    def _wait_ok(self, deadline: float, poll: float = 0.05) -> None:
+        """Poll every node's CLUSTER INFO until each serves all slots (``cluster_state:ok``) and knows every node."""
+        import redis  # as in LocalRedisServer._shutdown_nosave: importing darkroom stays light
+
+        clients = [
+            redis.Redis(port=node.port, socket_timeout=5, password=_last_value(self.extra_args, "--requirepass"))
+            for node in self.nodes
+        ]
+        try:
+            while True:
+                infos = [client.cluster("INFO") for client in clients]
+                if all(_cluster_ok(info, self.primaries) for info in infos):
+                    return
+                if time.monotonic() > deadline:
+                    states = ", ".join(
+                        f"{node.port}: {_cluster_field(info, 'cluster_state')}, "
+                        f"{_cluster_field(info, 'cluster_known_nodes')} nodes known"
+                        for node, info in zip(self.nodes, infos, strict=True)
+                    )
+                    raise LocalRedisError(
+                        f"the local Redis Cluster was not ok after {self.startup_timeout:.0f} s ({states})"
+                    )
+                time.sleep(poll)
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _cluster_field(info: object, name: str) -> str:
+    """A field of a CLUSTER INFO reply (redis-py parses it into a dict; raw, it is ``name:value`` lines)."""
+    if isinstance(info, dict):
+        value = info.get(name, info.get(name.encode(), ""))
+        return value.decode() if isinstance(value, bytes) else str(value)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return fields.get(name, "").strip()
+
+
+def _cluster_ok(info: object, nodes: int) -> bool:
+    return (
+        _cluster_field(info, "cluster_state") == "ok"
+        and _cluster_field(info, "cluster_slots_assigned") == "16384"
+        and _cluster_field(info, "cluster_known_nodes") == str(nodes)
+    )
 
 
 def _last_value(args: Sequence[str], flag: str) -> str | None:

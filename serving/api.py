@@ -168,9 +168,13 @@ def create_app(settings: "DarkroomSettings", redis_url: str | None = None) -> Fa
         return _error(503, e)
 
     import redis
+    from redis.exceptions import RedisClusterException
 
+    # A cluster client that reaches no node (or no node serving a slot) raises RedisClusterException, which is not
+    # a RedisError.
     @app.exception_handler(redis.RedisError)
-    async def _store(request: Request, e: redis.RedisError) -> JSONResponse:
+    @app.exception_handler(RedisClusterException)
+    async def _store(request: Request, e: redis.RedisError | RedisClusterException) -> JSONResponse:
         return _error(503, RuntimeError(f"the serving store is unavailable: {type(e).__name__}: {e}"))
 
     @app.get(

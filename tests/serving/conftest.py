@@ -1,5 +1,5 @@
-"""Small serving batches written out by hand, the settings that point the publisher at the test's Redis, and
-helpers to publish and read them.
+"""Small serving batches written out by hand, the settings that point the publisher at the test's Redis, helpers
+to publish and read them, and a real Redis Cluster (3 primaries) for the cluster tests.
 
 Every batch is built inline by :func:`frames` from a few dicts, so each test's expectation can be worked out from its
 own text. Times are instants of the world (``END`` is the first batch's end, 2026-11-01 00:00 UTC).
@@ -7,6 +7,7 @@ own text. Times are instants of the world (``END`` is the first batch's end, 202
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -160,6 +161,38 @@ def client(redis_url):
     c = redis.Redis.from_url(redis_url)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster for a test module: 3 primaries, no replicas, loopback, persistence off."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli not found on PATH: the test cluster is created with `redis-cli --cluster create`")
+    from darkroom.redis_server import LocalRedisCluster
+
+    with LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    """The cluster's URL (its first node), every node emptied (FLUSHALL) so each test starts from no keys."""
+    for node in redis_cluster.nodes:
+        c = redis.Redis.from_url(node.url)
+        try:
+            c.flushall()
+        finally:
+            c.close()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def node_clients(redis_cluster):
+    """One plain client per cluster node, for checks that must see every node (SCAN, PTTL, CLUSTER KEYSLOT)."""
+    clients = [redis.Redis.from_url(node.url) for node in redis_cluster.nodes]
+    yield clients
+    for c in clients:
+        c.close()
 
 
 def publish(settings, batch_id: str, batch_frames: dict[str, pd.DataFrame], group: str = "feed", **kw):

@@ -55,7 +55,6 @@ FCT_ENGAGEMENT_LABELS = _table_asset("marts", "fct_engagement_labels")
 DIM_USER_FEATURES = _table_asset("marts", "dim_user_features")
 DIM_POST_FEATURES = _table_asset("marts", "dim_post_features")
 FCT_VIEWER_AUTHOR_AFFINITY = _table_asset("marts", "fct_viewer_author_affinity")
-FCT_VIEWER_AUTHOR_AFFINITY_LATEST = _table_asset("marts", "fct_viewer_author_affinity_latest")
 FCT_STORY_RING_SIGNALS = _table_asset("marts", "fct_story_ring_signals")
 
 MART_ASSETS: dict[str, Asset] = {
@@ -69,7 +68,6 @@ MART_ASSETS: dict[str, Asset] = {
         DIM_USER_FEATURES,
         DIM_POST_FEATURES,
         FCT_VIEWER_AUTHOR_AFFINITY,
-        FCT_VIEWER_AUTHOR_AFFINITY_LATEST,
         FCT_STORY_RING_SIGNALS,
     )
 }

@@ -6,8 +6,6 @@
 
 {#- The story tray at as_of: who has live stories among the authors a viewer follows, and how close they are. -#}
 
--- depends_on: {{ ref('fct_viewer_author_affinity') }} (read in a backfill; see affinity_source)
-
 with
 
 follows as (
@@ -41,6 +39,13 @@ interactions as (
 
     select * from {{ ref('int_interactions_aggregated_daily') }}
     where interaction_date between {{ window_start_date(7) }} and {{ as_of_date() }}
+
+),
+
+affinity as (
+
+    select * from {{ ref('fct_viewer_author_affinity') }}
+    where affinity_date <= {{ as_of_date() }}
 
 ),
 
@@ -90,18 +95,17 @@ engagement_7d as (
 
 ),
 
--- The pair's latest affinity up to as_of: from the per-pair state (one row per pair), or in a backfill from the
--- mart's rows (see affinity_source).
+-- The pair's latest affinity (an aggregate, not a window over the whole table), decayed on from its feature_ts
+-- to as_of.
 latest_affinity as (
 
     select
         viewer_id,
         author_id,
-        -- (viewer, author, affinity_date) is a key of both: both values come from the same row
+        -- (viewer, author, affinity_date) is the key: one row per date, so both come from the same row
         max_by(feature_ts, affinity_date) as feature_ts,
         max_by(affinity_score, affinity_date) as affinity_score
-    from {{ affinity_source() }}
-    where affinity_date <= {{ as_of_date() }}
+    from affinity
     group by viewer_id, author_id
 
 ),

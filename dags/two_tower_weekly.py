@@ -16,6 +16,9 @@ or `airflow dags test two_tower_weekly 2026-11-02` uses its own logical date).
    exact search, saved under the state folder and logged as an `index-<batch>` MLflow run.
 4. **explore_candidates**: per active user, ANN top-K without own posts, followed authors and seen posts, scored by
    `ranker@champion`, the best `two_tower.explore_size` into `serving.explore_candidates`.
+5. **publish_explore** (`darkroom serving publish --groups explore`): the batch's Explore candidates and embeddings
+   written to Redis under a new version of group `explore`, verified against the Delta tables, then made current by
+   one pointer switch (the Explore reader and the API read it).
 
 Runs in pool `ranker_training` (one slot) with the ranker DAGs: one model training at a time on the machine.
 """
@@ -99,7 +102,17 @@ def two_tower_weekly():
         settings = _settings()
         return asdict(candidates(_spark(settings, "explore_candidates"), settings, run_as_of(get_current_context())))
 
-    week_complete() >> train() >> embed() >> index() >> explore_candidates()
+    @task
+    def publish_explore() -> list[dict]:
+        from serving.keys import batch_id_of
+        from serving.publisher import publish_batch, result_dict
+
+        settings = _settings()
+        batch = batch_id_of(run_as_of(get_current_context()))
+        results = publish_batch(_spark(settings, "publish_explore"), settings, batch, ["explore"])
+        return [result_dict(r) for r in results]
+
+    week_complete() >> train() >> embed() >> index() >> explore_candidates() >> publish_explore()
 
 
 two_tower_weekly()

@@ -24,6 +24,7 @@ import time
 from datetime import date, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, DarkroomSettings, load_settings
 
@@ -86,7 +87,7 @@ def subprocess_env(settings: DarkroomSettings) -> dict[str, str]:
     return {**base, **airflow_env(settings)}
 
 
-def _airflow_bin() -> str:
+def airflow_bin() -> str:
     local = Path(sys.executable).parent / "airflow"
     return str(local) if local.exists() else "airflow"
 
@@ -115,7 +116,7 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
         return db
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [_airflow_bin(), "db", "migrate"],
+        [airflow_bin(), "db", "migrate"],
         env=subprocess_env(settings),
         cwd=settings.airflow_home,
         capture_output=True,
@@ -127,7 +128,7 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
         raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) for {db}:\n{tail}")
     for name, (slots, description) in POOLS.items():
         proc = subprocess.run(
-            [_airflow_bin(), "pools", "set", name, str(slots), description],
+            [airflow_bin(), "pools", "set", name, str(slots), description],
             env=subprocess_env(settings),
             cwd=settings.airflow_home,
             capture_output=True,
@@ -160,7 +161,7 @@ def run_dag_test(
     """
     ensure_airflow_db(settings)
     when = logical_date.isoformat() if isinstance(logical_date, date | datetime) else str(logical_date)
-    cmd = [_airflow_bin(), "dags", "test", dag_id, when]
+    cmd = [airflow_bin(), "dags", "test", dag_id, when]
     if conf:
         cmd += ["-c", json.dumps(conf)]
     started = time.monotonic()
@@ -218,3 +219,19 @@ def last_dag_run(settings: DarkroomSettings, dag_id: str) -> tuple[str, dict[str
         [(run_id, state)] = found
         tasks = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
         return state, dict(tasks.fetchall())
+
+
+def task_return_value(settings: DarkroomSettings, dag_id: str, task_id: str) -> Any:
+    """What ``task_id`` returned (its ``return_value`` XCom, decoded from JSON) in the latest run of ``dag_id``."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_db_path(settings)) as db:
+        rows = db.execute(
+            "SELECT x.value FROM xcom x JOIN dag_run r ON r.id = x.dag_run_id WHERE x.dag_id = ? AND x.task_id = ? "
+            "AND x.key = 'return_value' ORDER BY r.id DESC LIMIT 1",
+            (dag_id, task_id),
+        ).fetchall()
+    if not rows:
+        raise LookupError(f"no return value of {dag_id}.{task_id} in {airflow_db_path(settings)}")
+    value = rows[0][0]
+    return json.loads(value.decode() if isinstance(value, bytes) else value)

@@ -808,3 +808,44 @@ def precompute_stories(as_of: WhenOpt = None, config: ConfigOpt = None) -> None:
     except (StaleTableError, FileNotFoundError) as e:
         typer.echo(f"precompute stories: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+airflow_app = typer.Typer(help="Airflow 3 on the project's DAGs (airflow standalone, SQLite, the settings' state).")
+app.add_typer(airflow_app, name="airflow")
+
+
+@airflow_app.command("up")
+def airflow_up(
+    timeout: Annotated[float, typer.Option(help="seconds to wait until it is healthy")] = 300,
+    config: ConfigOpt = None,
+) -> None:
+    """Start `airflow standalone` in the background (api-server, scheduler, dag-processor, triggerer) and print the
+    URL and the login; a running instance is reused. DAGs start paused."""
+    from darkroom.airflow_standalone import AirflowUpError, up
+
+    settings = _settings(config)
+    try:
+        s = up(settings, timeout=timeout, progress=typer.echo)
+    except AirflowUpError as e:
+        typer.echo(f"airflow up: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Airflow UI:  {s.url}  (user {s.user}, password {s.password})")
+    typer.echo(f"pid {s.pid}; log {s.log}; stop it with `darkroom airflow down`")
+
+
+@airflow_app.command("down")
+def airflow_down(config: ConfigOpt = None) -> None:
+    """Stop what `darkroom airflow up` started (every component); nothing to do when it is not running."""
+    from darkroom.airflow_standalone import down
+
+    down(_settings(config), progress=typer.echo)
+
+
+@airflow_app.command("status")
+def airflow_status(config: ConfigOpt = None) -> None:
+    """Whether `darkroom airflow up` runs, and its health document."""
+    from darkroom.airflow_standalone import health, running_pid, url
+
+    settings = _settings(config)
+    pid = running_pid(settings)
+    _echo_json({"running": pid is not None, "pid": pid, "url": url(settings), "health": health(settings)})

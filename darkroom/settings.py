@@ -91,6 +91,8 @@ class AirflowSettings(_Strict):
 
     task_retries: int = Field(2, ge=0, le=10, description="retries of a failed task (with exponential back-off)")
     retry_delay_seconds: int = Field(60, ge=0, description="first retry delay; doubles per try up to 15 minutes")
+    host: str = Field("127.0.0.1", min_length=1, description="where `darkroom airflow up` serves the UI and API")
+    port: int = Field(8080, ge=1, le=65535, description="the api-server's port of `darkroom airflow up`")
 
 
 class BlobSettings(_Strict):
@@ -375,6 +377,11 @@ class ServingSettings(_Strict):
         64, ge=1, description="keys per pipeline round trip when publishing; bounds how long a shard stalls reads"
     )
     writers: int = Field(0, ge=0, description="parallel writer processes of an in-memory publish; 0 = the CPU count")
+    hex_scores: bool = Field(
+        True,
+        description="send float scores as exact hex literals (float.hex: a third of repr's client CPU) when the server "
+        "accepts them (checked once per publisher); false: shortest decimal repr",
+    )
     timeline_cap: int = Field(800, ge=1, description="entries per timeline; a longer one is refused (fanout's cap)")
     timeline_encoding: Literal["skiplist", "listpack"] = Field(
         "skiplist",

@@ -215,6 +215,13 @@ SERVING_KEYS = {
 }
 
 
+def utc(ts: datetime) -> datetime:
+    """A plain UTC ``datetime``: naive means UTC; Airflow's pendulum subclass (which Spark and arithmetic treat
+    differently) becomes the standard class."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
+
+
 def batch_id(as_of: datetime) -> str:
     """The serving batch of a run (the ``batch_id`` of every ``serving.*`` table): its data-interval end as
     ``YYYYMMDDTHHMMZ`` in UTC; a naive instant is UTC."""

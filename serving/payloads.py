@@ -119,6 +119,7 @@ class BuildContext:
     embedding_dim: int
     pull_window_ms: int = 24 * 3_600_000
     posts_per_pull_author: int = 5
+    hex_scores: bool = False  # float scores as float.hex literals (exact; Redis parses them with strtod)
 
     def key(self, family: str, logical: str) -> str:
         return self.keys.data(FAMILY_GROUP[family], self.version, logical)
@@ -150,7 +151,7 @@ def _bad(fam: str, key: str, what: str) -> ServingInputError:
 
 def _check_finite(fam: str, key: str, column: str, values: Sequence[float], members: Sequence[Any]) -> None:
     """Every value a finite float; the fast path is one sum (NaN and inf propagate through it)."""
-    if any(v is None for v in values):
+    if None in values:  # one C-level scan
         i = next(i for i, v in enumerate(values) if v is None)
         raise _bad(fam, key, f"{column} of member {members[i]} is null; expected a finite number")
     try:
@@ -177,11 +178,12 @@ def _check_not_null(fam: str, key: str, row: dict[str, Any], columns: Iterable[s
             raise _bad(fam, key, f"{c} is null; expected a value (NOT NULL in the table)")
 
 
-def _zadd_args(scores: Sequence[Any], members: Sequence[Any]) -> list[Any]:
-    """ZADD's score/member pairs as the strings Redis receives: a float as its round-trip repr, an int in decimal
-    (formatted here once, in C-level maps: the formatting is most of a timeline's client-side cost)."""
+def _zadd_args(scores: Sequence[Any], members: Sequence[Any], hex_scores: bool = False) -> list[Any]:
+    """ZADD's score/member pairs as the strings Redis receives: a float as its round-trip repr (or, with
+    ``hex_scores``, its exact hex literal, about three times cheaper to format), an int in decimal (formatted here
+    once, in C-level maps: the formatting is most of a timeline's client-side cost)."""
     try:
-        texts = list(map(float.__repr__, scores))
+        texts = list(map(float.hex if hex_scores else float.__repr__, scores))
     except TypeError:  # ints (epoch ms) or a mix
         texts = [repr(float(v)) if isinstance(v, float) else str(v) for v in scores]
     args: list[Any] = [None] * (2 * len(scores))
@@ -207,7 +209,7 @@ def _zset_of_scores(fam: str, logical: str, record: tuple, ctx: BuildContext, ca
         raise _bad(fam, key, f"{len(members)} entries; expected at most {cap} (serving.timeline_cap)")
     _check_finite(fam, key, FAMILIES[fam].columns[0], scores, members)
     _check_unique(fam, key, FAMILIES[fam].columns[1], members)
-    return [("ZADD", key, *_zadd_args(scores, members))]
+    return [("ZADD", key, *_zadd_args(scores, members, ctx.hex_scores))]
 
 
 def build_timeline(record: tuple, ctx: BuildContext) -> list[Command]:
@@ -235,7 +237,8 @@ def build_celebrity_posts(record: tuple, ctx: BuildContext) -> list[Command]:
     commands = _zset_of_scores("celebrity_posts", celebrity_posts_key(author), (author, created, posts), ctx, None)
     scores, ids = merge_candidates(record, ctx)
     if ids:
-        commands.append(("ZADD", ctx.key("celebrity_posts", celebrity_recent_key(author)), *_zadd_args(scores, ids)))
+        recent_key = ctx.key("celebrity_posts", celebrity_recent_key(author))
+        commands.append(("ZADD", recent_key, *_zadd_args(scores, ids, ctx.hex_scores)))
     return commands
 
 
@@ -425,6 +428,13 @@ def _b(value: Any) -> bytes:
     return str(value).encode()
 
 
+def _score(value: Any) -> float:
+    """A ZADD score argument as the double Redis stores: a number, its decimal text, or a hex literal."""
+    if isinstance(value, str) and "x" in value:
+        return float.fromhex(value)
+    return float(value)
+
+
 def _bytes_list(values: Sequence[Any]) -> list[bytes]:
     try:
         return list(map(str.encode, values))  # the builders' strings: one C-level pass
@@ -439,7 +449,7 @@ def canonical_of_commands(commands: Iterable[Command]) -> dict[str, tuple]:
     for cmd in commands:
         op, key, args = cmd[0], cmd[1], cmd[2:]
         if op == "ZADD":
-            out[key] = ["zset", dict(zip(_bytes_list(args[1::2]), map(float, args[0::2]), strict=True)), False]
+            out[key] = ["zset", dict(zip(_bytes_list(args[1::2]), map(_score, args[0::2]), strict=True)), False]
         elif op == "SADD":
             out[key] = ["set", frozenset(_bytes_list(args)), False]
         elif op == "HSET":

@@ -33,8 +33,10 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
 
 from serving.errors import (
     ServingConfigError,
@@ -134,6 +136,11 @@ class PublishResult:
         )
 
 
+def result_dict(result: PublishResult) -> dict[str, Any]:
+    """A publish result as plain JSON-able data (an Airflow task's return value, a CLI's --json)."""
+    return asdict(result)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -159,6 +166,7 @@ class RedisPublisher:
         # Sampled zsets come back flat: redis-py would pair up 800 members in Python per timeline.
         self.client.set_response_callback("ZRANGE", lambda response, **options: response)
         self._switch = self.client.register_script(SWITCH_LUA)
+        self._hex: bool | None = None
 
     @classmethod
     def from_settings(cls, settings: DarkroomSettings, redis_url: str | None = None) -> RedisPublisher:
@@ -186,7 +194,22 @@ class RedisPublisher:
             embedding_dim=self.embedding_dim,
             pull_window_ms=int(self.serving.pull_window_hours * 3_600_000),
             posts_per_pull_author=self.serving.posts_per_pull_author,
+            hex_scores=self.serving.hex_scores and self._server_parses_hex(),
         )
+
+    def _server_parses_hex(self) -> bool:
+        """Whether the server takes a hex float score (strtod does; a parser without hex would not): one ZADD to a
+        scratch key of the group-independent sequence slot, deleted again; asked once per publisher."""
+        if self._hex is None:
+            probe = f"{self.keys.sequence('feed')}:hex-probe"
+            try:
+                self.client.execute_command("ZADD", probe, "0x1.8p+1", "m")
+                self._hex = self.client.zscore(probe, "m") == 3.0
+            except ResponseError:
+                self._hex = False
+            finally:
+                self.client.delete(probe)
+        return self._hex
 
     def spec(self, family: str, version: str) -> WriteSpec:
         return WriteSpec(

@@ -22,13 +22,13 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from darkroom import lake
 from darkroom.settings import DarkroomSettings, FanoutSettings, load_settings
-from darkroom.tables import table
+from darkroom.tables import table, utc
 from jobs.fanout_threshold import transform as T
 
 if TYPE_CHECKING:
@@ -107,15 +107,9 @@ def budgets(f: FanoutSettings) -> T.Budgets:
     )
 
 
-def _utc(as_of: datetime) -> datetime:
-    """A plain UTC datetime (Airflow hands pendulum's, which Spark's row conversion refuses)."""
-    aware = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
-    return datetime.fromisoformat(aware.astimezone(UTC).isoformat())
-
-
 def version_of(as_of: datetime) -> str:
     """The policy version: the as_of it was computed for, so a re-run of a day replaces its own version."""
-    return _utc(as_of).strftime("%Y%m%dT%H%M%SZ")
+    return utc(as_of).strftime("%Y%m%dT%H%M%SZ")
 
 
 def read_mart(spark: SparkSession, settings: DarkroomSettings, name: str, as_of: datetime) -> DataFrame:
@@ -141,7 +135,7 @@ def read_graph(spark: SparkSession, settings: DarkroomSettings, as_of: datetime)
     ingestion; this is the model's own guard, for any graph it is given)."""
     from pyspark.sql import functions as F
 
-    cutoff = F.lit(_utc(as_of)).cast("timestamp")
+    cutoff = F.lit(utc(as_of)).cast("timestamp")
     follows = (
         lake.read(spark, table("bronze.follows"), settings)
         .where(F.col("created_at") < cutoff)
@@ -227,7 +221,7 @@ def tune(
     from darkroom.spark import get_spark
 
     started = time.perf_counter()
-    as_of = _utc(as_of)
+    as_of = utc(as_of)
     spark = spark or get_spark(settings, APP_NAME)
     version = version_of(as_of)
     stats = read_mart(spark, settings, STATS, as_of)
@@ -347,7 +341,7 @@ def validate_by_replay(
     from darkroom.spark import get_spark
     from jobs.fanout_threshold.replay import replay_day
 
-    as_of = _utc(as_of)
+    as_of = utc(as_of)
     spark = spark or get_spark(settings, APP_NAME)
     version = version_of(as_of)
     tuned = read_policy(spark, settings, version)

@@ -8,24 +8,18 @@ created before as_of and the fan-out policy does not list it in ``fanout.inactiv
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from darkroom.tables import batch_id  # noqa: F401  (re-exported: the batch of a run)
+from darkroom.tables import batch_id, utc  # noqa: F401  (batch_id re-exported: the batch of a run)
 from jobs.fanout_threshold.transform import PULL, PUSH
 
 # A policy name of fanout.policies -> its column of fanout.author_modes (or the mode every author has).
 MODE_COLUMN = {"threshold": "threshold_mode", "per_author": "per_author_mode"}
 CONSTANT_MODE = {"pure_push": PUSH, "pure_pull": PULL}
 PUSH_KIND, PULL_SAMPLE_KIND = "push", "pull_sample"  # why a candidate was scored (scoring_candidates' ``kind``)
-
-
-def utc(ts: datetime) -> datetime:
-    """A plain UTC ``datetime`` (naive means UTC; Airflow's pendulum subclass is turned into the standard one)."""
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
 
 
 def recent(column: str, *, as_of: datetime, hours: float) -> Column:

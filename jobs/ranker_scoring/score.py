@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from darkroom.tables import utc
 from darkroom.tracking import tracking_uri
 from ml.ranker.features import HEADS
 
@@ -64,12 +65,6 @@ class ResolvedModel:
     version: str
     name: str | None
     tracking_uri: str
-
-
-def utc(ts: datetime) -> datetime:
-    """A plain UTC ``datetime`` (naive means UTC; Airflow's pendulum subclass is turned into the standard one)."""
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
 
 
 def resolve_model(settings: DarkroomSettings, model_uri: str | None = None) -> ResolvedModel:

@@ -18,15 +18,12 @@ from blobstore.maintenance import compact, expire_stories, fsck, scrub
 from blobstore.store import Blob, BlobStore, writer_lock
 from blobstore.tiering import Runner, archive_to_cold, local_runner, promote_to_hot, resume_pending, rewrite_to_warm
 from darkroom.settings import DarkroomSettings
+from darkroom.tables import utc
 
 log = logging.getLogger(__name__)
 
 # Stories carry no size in bronze: their media is 200 KB - 2 MB before size_scale, seeded by the story id.
 STORY_BYTES_MIN, STORY_BYTES_SPAN = 200_000, 1_800_000
-
-
-def _utc(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def spark_runner(spark) -> Runner:
@@ -92,7 +89,7 @@ def blob_load(settings: DarkroomSettings, *, as_of: datetime | None = None, spar
     newest = rows.agg(F.max("created_at")).collect()[0][0]
     if newest is None:
         return {"written": 0}
-    as_of = _utc(as_of or newest)
+    as_of = utc(as_of or newest)
     scale = settings.blob.size_scale
     tick = _progress("blob_load")
 
@@ -175,14 +172,14 @@ def story_expiry(settings: DarkroomSettings, as_of: datetime, *, spark=None) -> 
         .collect()
     )
     with writer_lock(settings.blob_root, job="story_expiry"):
-        return expire_stories(store, [(r[0], _utc(r[1])) for r in rows], as_of=_utc(as_of))
+        return expire_stories(store, [(r[0], utc(r[1])) for r in rows], as_of=utc(as_of))
 
 
 def compaction(settings: DarkroomSettings, as_of: datetime) -> dict:
     store = BlobStore(settings)
     store.catalog.ensure()
     with writer_lock(settings.blob_root, job="compaction"):
-        return compact(store, as_of=_utc(as_of))
+        return compact(store, as_of=utc(as_of))
 
 
 def blob_scrub(settings: DarkroomSettings, as_of: datetime, *, mb_per_s: float | None = None) -> dict:
@@ -190,7 +187,7 @@ def blob_scrub(settings: DarkroomSettings, as_of: datetime, *, mb_per_s: float |
     store.catalog.ensure()
     tick = _progress("blob_scrub")
     with writer_lock(settings.blob_root, job="blob_scrub"):
-        return scrub(store, as_of=_utc(as_of), mb_per_s=mb_per_s, progress=lambda kind, unit: tick()).as_dict()
+        return scrub(store, as_of=utc(as_of), mb_per_s=mb_per_s, progress=lambda kind, unit: tick()).as_dict()
 
 
 def blob_fsck(settings: DarkroomSettings, *, fix_temp: bool = False) -> list[str]:

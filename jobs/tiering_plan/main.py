@@ -16,13 +16,13 @@ import html
 import json
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from darkroom import lake
 from darkroom.settings import BlobSettings, DarkroomSettings, TieringSettings, load_settings
-from darkroom.tables import table
+from darkroom.tables import table, utc
 from jobs.tiering_plan import transform as T
 
 if TYPE_CHECKING:
@@ -103,13 +103,9 @@ def factors(blob: BlobSettings, cold_compression_ratio: float) -> dict[str, floa
     )
 
 
-def _utc(as_of: datetime) -> datetime:
-    return (as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)).astimezone(UTC)
-
-
 def plan_date_of(as_of: datetime) -> date:
     """The plan's date: the last day of data before ``as_of`` (midnight 2026-11-01 -> 2026-10-31), dbt's as_of_date."""
-    return (_utc(as_of) - timedelta(microseconds=1)).date()
+    return (utc(as_of) - timedelta(microseconds=1)).date()
 
 
 def _as_date(plan_date: date | str) -> date:
@@ -158,13 +154,13 @@ def plan(
     moves = [r.asDict() for r in T.tier_moves(written).collect()]
     figures = {
         "plan_date": plan_date.isoformat(),
-        "as_of": _utc(as_of).isoformat(),
+        "as_of": utc(as_of).isoformat(),
         "media": sum(m["objects"] for m in moves),
         "policy": policy(settings.tiering),
         "cold_compression_ratio": cold_compression_ratio,
         **T.storage_figures(moves, factors=rf, prices=dict(settings.tiering.price_per_gb_month)),
     }
-    result = TieringPlan(plan_date, _utc(as_of), figures["media"], TIER_DECISIONS.uri(settings), version, figures)
+    result = TieringPlan(plan_date, utc(as_of), figures["media"], TIER_DECISIONS.uri(settings), version, figures)
     if with_report:
         largest = (
             written.where(F.col("action") != T.KEEP)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from darkroom import lake
 from darkroom.settings import DarkroomSettings, load_settings
-from darkroom.tables import table
+from darkroom.tables import table, utc
 from jobs.two_tower_examples import transform as T
 from ml.two_tower.pipeline import RetrievalHoldout
 
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
 APP_NAME = "two_tower_examples"
 EXAMPLES = table("features.two_tower_examples")
 LABELS = "marts.fct_engagement_labels"
-
-
-def utc(ts: datetime) -> datetime:
-    """A plain UTC ``datetime`` (Airflow passes pendulum's subclass; naive means UTC)."""
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

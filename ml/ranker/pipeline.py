@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from darkroom.tables import utc
 from darkroom.tracking import tracking_uri, use_experiment
 from ml import registry as R
 from ml.ranker.features import HEADS
@@ -100,12 +101,6 @@ def _epoch_line(stats) -> str:
         f"ranker: epoch {stats.epoch}: loss {stats.loss:.4f}, {stats.examples:,} examples in {stats.seconds:.0f}s "
         f"({stats.examples_per_s:,.0f}/s){holdout}"
     )
-
-
-def _utc(ts: datetime) -> datetime:
-    """A plain UTC ``datetime`` (Airflow passes pendulum's subclass, which Spark and arithmetic treat differently)."""
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond, tzinfo=UTC)
 
 
 def _flat_params(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -392,7 +387,7 @@ def _retrain(settings, as_of, *, spark, with_baselines, progress) -> RankerRunRe
     from feature_store.offline import build_training_set, training_set_files
     from ml.ranker.data import as_source
 
-    as_of = _utc(as_of)
+    as_of = utc(as_of)
     cfg = settings.ranker
     spark = spark or get_spark(settings, "ranker_weekly")
     service = _service(settings)
@@ -445,7 +440,7 @@ def _finetune(settings, as_of, *, spark, progress) -> RankerRunResult:
     from ml.ranker.data import as_source
     from ml.ranker.inference import load_registered
 
-    as_of = _utc(as_of)
+    as_of = utc(as_of)
     cfg = settings.ranker
     c = R.client(tracking_uri(settings))
     champion = R.alias_version(c, cfg.registered_model, R.CHAMPION)

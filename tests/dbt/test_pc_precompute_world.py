@@ -6,7 +6,9 @@ is in unseen-first order."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,15 +19,42 @@ from darkroom.tables import table
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def precomputed(champion_world, spark):
-    from jobs.feed_precompute.main import precompute
-    from jobs.story_rings.main import build_rings
+@dataclass
+class FeedRun:
+    """The ``feed_publish`` DAG's run on ``champion_world``: the tasks' return values and the Redis it published to."""
 
-    s, as_of = champion_world.settings, champion_world.as_of
-    feed = precompute(s, as_of, spark, progress=lambda *_: None)
-    rings = build_rings(s, as_of, spark, progress=lambda *_: None)
-    return feed, rings
+    feed: SimpleNamespace
+    rings: SimpleNamespace
+    published: list[dict]
+    dag_state: str
+    task_states: dict[str, str]
+    redis_url: str
+
+
+@pytest.fixture(scope="module")
+def feed_run(champion_world, tmp_path_factory):
+    """``airflow dags test feed_publish`` as of WORLD_END, publishing to a redis-server of this module's own."""
+    from darkroom.airflow_env import last_dag_run, run_dag_test, task_return_value
+    from darkroom.redis_server import LocalRedisServer
+
+    with LocalRedisServer(tmp_path_factory.mktemp("feed-publish-redis")) as server:
+        s = champion_world.settings.model_copy(update={"redis_url": server.url})
+        proc = run_dag_test(s, "feed_publish", champion_world.as_of.isoformat())
+        state, tasks = last_dag_run(s, "feed_publish")
+        assert proc.returncode == 0 and state == "success", proc.stdout[-4000:]
+        yield FeedRun(
+            feed=SimpleNamespace(**task_return_value(s, "feed_publish", "feed_precompute")),
+            rings=SimpleNamespace(**task_return_value(s, "feed_publish", "story_rings")),
+            published=task_return_value(s, "feed_publish", "publish"),
+            dag_state=state,
+            task_states=tasks,
+            redis_url=server.url,
+        )
+
+
+@pytest.fixture(scope="module")
+def precomputed(feed_run):
+    return feed_run.feed, feed_run.rings
 
 
 def _batch(spark, world, name: str, batch: str):
@@ -252,3 +281,79 @@ def test_one_viewers_ring_is_unseen_first_then_by_engagement(precomputed, champi
     assert ring[0]["score"] >= 1.0 > ring[-1]["score"]
     naive = champion_world.as_of.replace(tzinfo=None)  # Spark returns UTC wall times (the session's zone)
     assert all(naive < r["expires_at"] <= naive + timedelta(hours=24) for r in ring)
+
+
+# --- the publish: what the DAG left in Redis ------------------------------------------------------------------------
+
+
+def test_the_dag_publishes_feed_and_stories_whole_and_current(feed_run, champion_world, spark):
+    assert feed_run.task_states == {"feed_precompute": "success", "story_rings": "success", "publish": "success"}
+    batch = feed_run.feed.batch_id
+    by_group = {r["group"]: r for r in feed_run.published}
+    assert sorted(by_group) == ["feed", "stories"]
+    assert all(r["state"] == "current" and r["batch_id"] == batch for r in by_group.values())
+    timelines = _batch(spark, champion_world, "feed_timelines", batch)
+    feed = by_group["feed"]["verified"]["feed_timelines"]
+    assert (feed["keys"], feed["members"]) == (timelines.select("user_id").distinct().count(), timelines.count())
+    rings = by_group["stories"]["verified"]["story_rings"]
+    assert rings["keys"] == 2 * feed_run.rings.viewers > 0  # a viewer's ring and its author -> expiry hash
+    meta = by_group["feed"]["verified"]["post_meta"]
+    assert meta["keys"] == feed_run.feed.post_meta_rows
+    import redis
+
+    from serving.publisher import RedisPublisher
+
+    s = champion_world.settings.model_copy(update={"redis_url": feed_run.redis_url})
+    with RedisPublisher.from_settings(s) as publisher:
+        assert {g: publisher.current_version(g) for g in by_group} == {g: r["version"] for g, r in by_group.items()}
+    client = redis.Redis.from_url(feed_run.redis_url)
+    assert client.dbsize() > feed["keys"] + meta["keys"]
+    client.close()
+
+
+def test_a_rerun_of_the_published_batch_changes_nothing(feed_run, champion_world, spark):
+    import redis
+
+    from serving.publisher import publish_batch
+
+    client = redis.Redis.from_url(feed_run.redis_url)
+    before = {k: client.type(k) for k in client.scan_iter(count=10_000)}
+    s = champion_world.settings.model_copy(update={"redis_url": feed_run.redis_url})
+    again = publish_batch(spark, s, feed_run.feed.batch_id, ["feed", "stories"])
+    assert [(r.group, r.state) for r in again] == [("feed", "already_current"), ("stories", "already_current")]
+    assert {r.group: r.version for r in again} == {r["group"]: r["version"] for r in feed_run.published}
+    assert {k: client.type(k) for k in client.scan_iter(count=10_000)} == before
+    client.close()
+
+
+def test_feed_reads_page_through_the_users_timeline_merged_with_pull_posts(feed_run, champion_world, spark):
+    import redis
+
+    from serving.readers import FeedReader, ReaderConfig
+
+    batch = feed_run.feed.batch_id
+    timelines = _batch(spark, champion_world, "feed_timelines", batch).toPandas()
+    user = int(timelines.groupby("user_id").size().sort_values(kind="stable").index[-1])
+    mine = timelines[timelines.user_id == user].sort_values("score", ascending=False)
+    mine_pull = _batch(spark, champion_world, "pull_authors", batch).where(f"user_id = {user}")
+    pull_authors = {r[0] for r in mine_pull.select("author_id").collect()}
+    client = redis.Redis.from_url(feed_run.redis_url)
+    reader = FeedReader(client, ReaderConfig.from_settings(champion_world.settings.serving))
+    pages, cursor = [], None
+    while True:
+        page = reader.get_feed(user, cursor=cursor, limit=7)
+        pages.append(page)
+        if not page.has_more:
+            break
+        cursor = page.next_cursor
+    client.close()
+    posts = [p for page in pages for p in page.posts]
+    version = {r["group"]: r["version"] for r in feed_run.published}["feed"]
+    assert {page.version for page in pages} == {version}
+    assert len({p.post_id for p in posts}) == len(posts)  # no duplicates across pages
+    assert [p.score for p in posts] == sorted((p.score for p in posts), reverse=True)
+    # every timeline entry once, in the timeline's score order, and nothing else from the timeline
+    assert sorted(p.post_id for p in posts if p.source == "timeline") == sorted(mine.post_id)
+    np.testing.assert_allclose([p.score for p in posts if p.source == "timeline"], mine.score, rtol=1e-12)
+    assert {p.author_id for p in posts if p.source == "pull"} <= pull_authors
+    assert all(p.author_id is not None and p.created_at_ms is not None for p in posts)

@@ -4,7 +4,8 @@
 On a copy of ``champion_world`` (the dbt world with a fan-out policy and a tiny ranker as ``ranker@champion``):
 1. a deliberately poor two-tower (learning rates of 1e-7) trained directly: the first model, so it is champion;
 2. ``two_tower_weekly`` through Airflow with working learning rates: train (beats the champion's recall@K on the
-   same holdout, promoted), embed (Spark), index (FAISS, an MLflow run), explore_candidates (ranker@champion).
+   same holdout, promoted), embed (Spark), index (FAISS, an MLflow run), explore_candidates (ranker@champion),
+   publish_explore (to a redis-server of this module's own).
 The checks compare with values computed here from the bronze tables.
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from darkroom.airflow_env import last_dag_run, run_dag_test
+from darkroom.airflow_env import last_dag_run, run_dag_test, task_return_value
+from darkroom.redis_server import LocalRedisServer
 from darkroom.settings import load_settings
 from darkroom.tables import table
 from darkroom.tracking import tracking_uri
@@ -44,9 +46,10 @@ TT = {
 POOR = TT | {"learning_rate": 1e-7, "embedding_learning_rate": 1e-7}
 
 
-def _settings(state, base, two_tower: dict):
+def _settings(state, base, two_tower: dict, redis_url: str | None = None):
     return load_settings(
         state_dir=state,
+        **({"redis_url": redis_url} if redis_url else {}),
         jars_path=base.jars_dir,
         spark=base.spark.model_dump(),
         world=base.world.model_dump(),
@@ -63,10 +66,11 @@ def tt_world(champion_world, tmp_path_factory, spark):
     state = tmp_path_factory.mktemp("two-tower-state")
     shutil.copytree(base.lake_dir, state / "lake")
     shutil.copytree(base.mlflow_dir, state / "mlflow")  # the ranker champion (artifacts stay where they were logged)
-    good, poor = _settings(state, base, TT), _settings(state, base, POOR)
-    first = train_weekly(poor, AS_OF, spark=spark, progress=lambda *_: None)
-    dag = run_dag_test(good, "two_tower_weekly", AS_OF.isoformat())
-    return {"good": good, "first": first, "dag": dag}
+    with LocalRedisServer(tmp_path_factory.mktemp("two-tower-redis")) as server:
+        good, poor = _settings(state, base, TT, server.url), _settings(state, base, POOR)
+        first = train_weekly(poor, AS_OF, spark=spark, progress=lambda *_: None)
+        dag = run_dag_test(good, "two_tower_weekly", AS_OF.isoformat())
+        yield {"good": good, "first": first, "dag": dag}
 
 
 def _client(settings):
@@ -82,7 +86,7 @@ def _read(spark, settings, name: str):
 def test_the_dag_trains_a_better_model_and_promotes_it(tt_world):
     s = tt_world["good"]
     assert tt_world["first"].promoted and tt_world["first"].version == "1"
-    tasks = ("week_complete", "train", "embed", "index", "explore_candidates")
+    tasks = ("week_complete", "train", "embed", "index", "explore_candidates", "publish_explore")
     assert last_dag_run(s, "two_tower_weekly") == ("success", dict.fromkeys(tasks, "success")), tt_world["dag"].stdout[
         -3000:
     ]
@@ -193,3 +197,30 @@ def test_explore_candidates_honour_the_exclusions_and_the_ranker_order(tt_world,
         scores = [r.score for r in user_rows]
         assert scores == sorted(scores, reverse=True)
         assert len({r.post_id for r in user_rows}) == len(user_rows)
+
+
+def test_the_explore_group_is_published_and_read_back(tt_world, spark):
+    import redis
+
+    from serving.readers import ExploreReader, ReaderConfig
+
+    s = tt_world["good"]
+    [published] = task_return_value(s, "two_tower_weekly", "publish_explore")
+    assert (published["group"], published["state"], published["batch_id"]) == ("explore", "current", BATCH)
+    stored = _read(spark, s, "serving.explore_candidates").where(F.col("batch_id") == BATCH).toPandas()
+    users = _read(spark, s, "serving.user_embeddings").where(F.col("batch_id") == BATCH).toPandas()
+    verified = published["verified"]
+    assert verified["explore_candidates"]["keys"] == stored.user_id.nunique() > 0
+    assert verified["explore_candidates"]["members"] == len(stored)
+    assert verified["user_embeddings"]["keys"] == len(users)
+    client = redis.Redis.from_url(s.redis_url)
+    reader = ExploreReader(client, ReaderConfig.from_settings(s.serving))
+    user = int(stored.groupby("user_id").size().sort_values(kind="stable").index[-1])
+    page = reader.get_explore(user, limit=10)
+    want = stored[stored.user_id == user].sort_values("score", ascending=False).head(10)
+    assert page.version == published["version"]
+    assert sorted(p.post_id for p in page.posts) == sorted(want.post_id)
+    np.testing.assert_allclose([p.score for p in page.posts], want.score, rtol=1e-12)
+    row = users.iloc[0]
+    np.testing.assert_array_equal(reader.user_embedding(int(row.user_id)), np.asarray(row.embedding, dtype="<f4"))
+    client.close()

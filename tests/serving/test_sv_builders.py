@@ -173,3 +173,15 @@ def test_cursor_round_trip_and_refusals():
         decode_cursor("e30", 42)  # {}
     with pytest.raises(BadCursorError, match="at most 512"):
         decode_cursor("a" * 600, 42)
+
+
+def test_hex_scores_are_exact_and_verified_like_decimal_ones():
+    scores = [3.5, 0.1 + 0.2, 1e-300, 123456789.12345679]
+    hexed = BuildContext(KeySpace("sv"), V, END_MS, timeline_cap=4, embedding_dim=2, hex_scores=True)
+    [cmd] = build("feed_timelines", (42, scores, [11, 12, 13, 14]), hexed)
+    assert cmd[2::2] == tuple(float.hex(s) for s in scores)
+    decimal = BuildContext(KeySpace("sv"), V, END_MS, timeline_cap=4, embedding_dim=2)
+    [plain] = build("feed_timelines", (42, scores, [11, 12, 13, 14]), decimal)
+    assert plain[2::2] == tuple(map(repr, scores))
+    assert canonical_of_commands([cmd]) == canonical_of_commands([plain])  # the same doubles either way
+    assert canonical_of_commands([cmd])[cmd[1]][1] == dict(zip([b"11", b"12", b"13", b"14"], scores, strict=True))

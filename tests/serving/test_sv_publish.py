@@ -15,7 +15,7 @@ import redis
 from darkroom.redis_server import LocalRedisServer
 from serving.errors import ServingConfigError, ServingInputError, ServingPublishError, ServingVerificationError
 from serving.keys import KeySpace
-from serving.publisher import KEY_TTL_MARGIN_MS, PublishHooks
+from serving.publisher import KEY_TTL_MARGIN_MS, PublishHooks, RedisPublisher
 from tests.serving.conftest import BATCH, DIM, batch, frames, publish, readers, serving_settings, whole_feed
 
 KEYS = KeySpace("sv")
@@ -261,3 +261,18 @@ def test_parallel_writers_publish_the_same_contents(sv_settings, client):
         a = client.zrange(f"sv:feed:{one.version}:timeline:{{{u}}}", 0, -1, withscores=True)
         assert a == client.zrange(f"sv:feed:{two.version}:timeline:{{{u}}}", 0, -1, withscores=True)
         assert len(a) == 50
+
+
+@pytest.mark.parametrize("hex_scores", [True, False])
+def test_scores_arrive_exactly_in_hex_or_decimal(tmp_path, redis_url, client, hex_scores):
+    """With hex_scores the publisher checks once that the server parses a hex score, then sends float.hex literals;
+    either way Redis holds the very doubles of the frame (verification compares them too)."""
+    s = serving_settings(tmp_path / "state", redis_url, hex_scores=hex_scores)
+    scores = [0.1 + 0.2, 1 / 3, 2.5e-12]
+    result = publish(s, BATCH, frames(BATCH, timelines={1: [(101, scores[0]), (102, scores[1]), (103, scores[2])]}))
+    with RedisPublisher.from_settings(s) as publisher:
+        assert publisher.context(result.version).hex_scores is hex_scores
+    key = f"sv:feed:{result.version}:timeline:{{1}}"
+    got = client.zrange(key, 0, -1, withscores=True)
+    assert sorted(score for _, score in got) == sorted(scores)
+    assert not client.exists("sv:{feed}:seq:hex-probe")  # the probe leaves nothing behind

@@ -11,7 +11,9 @@ Measured on a fresh local redis-server (persistence off, default configuration, 
   with the same number of writer processes, end to end: counts, build + write, verification (every key's size, a
   sampled content checksum, the encoding), the pointer switch and the expiry of the version it replaces; and the
   write phase alone;
-- the server's own cost: INFO commandstats' microseconds per ZADD give the server-bound rate of one core;
+- the server's own cost, two ways: INFO commandstats' microseconds per ZADD (the command alone, the issue's
+  figure) give one server-bound rate; the server main thread's CPU time over the raw round (INFO cpu: reading and
+  parsing each 1,601-argument request, the command, the reply) gives the rate one core can actually sustain;
 - memory and encodings: MEMORY USAGE (SAMPLES 0) and OBJECT ENCODING of one 800-entry timeline as a skiplist
   (the default zset-max-listpack-entries 128) and as a listpack (1024), the server's microseconds per ZADD for each
   (in descending score order and shuffled), and per ZREVRANGEBYSCORE of a first page (LIMIT 21 from +inf) and of a
@@ -123,6 +125,12 @@ def _raw_rate(source: MemoryBatch, url: str, writers: int, pipeline_keys: int, r
     return {"timelines": done, "seconds": round(seconds, 3), "timelines_per_s": round(done / seconds, 1)}
 
 
+def _server_cpu_s(client) -> float:
+    """CPU seconds (user + system) of the server's main thread so far."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
+
+
 def _zadd_usec(client, name: str, payloads: list[list[Any]]) -> float:
     client.config_resetstat()
     pipe = client.pipeline(transaction=False)
@@ -199,10 +207,13 @@ def run(settings: DarkroomSettings, quick: bool, progress=print) -> dict:
             source = MemoryBatch(BATCH_ID, frames, writers=writers)
             progress(f"round {round_}/{ROUNDS}: raw pipelined ZADD of the same payload, built beforehand ...")
             client.config_resetstat()
+            cpu = _server_cpu_s(client)
             raws.append(_raw_rate(source, server.url, writers, pipeline_keys, redis_py=False))
+            raws[-1]["server_cpu_usec_per_timeline"] = round((_server_cpu_s(client) - cpu) / users * 1e6, 1)
             zadd_usec = float(client.info("commandstats")["cmdstat_zadd"]["usec_per_call"])
             progress(f"  raw: {raws[-1]['timelines_per_s']:,.0f} timelines/s; the server spends {zadd_usec:.0f} us "
-                     f"per ZADD ({1e6 / zadd_usec:,.0f} timelines/s per core)")  # fmt: skip
+                     f"per ZADD ({1e6 / zadd_usec:,.0f} timelines/s per core), its main thread "
+                     f"{raws[-1]['server_cpu_usec_per_timeline']:.0f} us of CPU per timeline")  # fmt: skip
             client.flushall()
             pys.append(_raw_rate(source, server.url, writers, pipeline_keys, redis_py=True))
             progress(f"  the same through redis-py's pipeline: {pys[-1]['timelines_per_s']:,.0f} timelines/s")
@@ -211,15 +222,17 @@ def run(settings: DarkroomSettings, quick: bool, progress=print) -> dict:
 
             progress(f"round {round_}/{ROUNDS}: publisher, end to end (feed: timelines, post metadata, config) ...")
             before = int(client.info("memory")["used_memory"])
+            cpu = _server_cpu_s(client)
             t = time.perf_counter()
             [result] = publish_frames(settings, BATCH_ID, frames, ["feed"], redis_url=server.url, writers=writers,
                                       force=True)  # fmt: skip
             seconds = time.perf_counter() - t
+            server_cpu = (_server_cpu_s(client) - cpu) / users * 1e6
             used = int(client.info("memory")["used_memory"]) - before
             keys = [f"{settings.serving.key_prefix}:feed:{result.version}:timeline:{{{u}}}" for u in range(1, 101)]
             observed = client.object("encoding", keys[0]).decode()
             per_timeline = float(np.mean([client.memory_usage(k, samples=0) for k in keys]))
-            ours_runs.append((users / seconds, users / result.seconds["write"], seconds, result, used))
+            ours_runs.append((users / seconds, users / result.seconds["write"], seconds, result, used, server_cpu))
             progress(f"  ours: {users / seconds:,.0f} timelines/s end to end ({seconds:.1f}s: {result.seconds}); "
                      f"write phase {users / result.seconds['write']:,.0f} timelines/s; OBJECT ENCODING {observed}, "
                      f"MEMORY USAGE {per_timeline / 1024:.1f} KiB per timeline")  # fmt: skip
@@ -228,10 +241,12 @@ def run(settings: DarkroomSettings, quick: bool, progress=print) -> dict:
 
     raw = max(raws, key=lambda r: r["timelines_per_s"])
     redis_py = max(pys, key=lambda r: r["timelines_per_s"])
-    ours, _, seconds, result, used = max(ours_runs, key=lambda r: r[0])
+    ours, _, seconds, result, used, ours_server_cpu = max(ours_runs, key=lambda r: r[0])
     ours = round(ours, 1)
     write_rate = round(max(r[1] for r in ours_runs), 1)
     server_bound = round(1e6 / zadd_usec, 1)
+    server_cpu_usec = min(r["server_cpu_usec_per_timeline"] for r in raws)
+    server_cpu_bound = round(1e6 / server_cpu_usec, 1)
     return {
         "ratio": round(ours / raw["timelines_per_s"], 3),
         "ratio_of": (
@@ -245,6 +260,11 @@ def run(settings: DarkroomSettings, quick: bool, progress=print) -> dict:
         "server_bound_timelines_per_s_per_core": server_bound,
         "ours_over_server_bound": round(ours / server_bound, 3),
         "raw_over_server_bound": round(raw["timelines_per_s"] / server_bound, 3),
+        "server_cpu_usec_per_timeline": server_cpu_usec,
+        "server_cpu_bound_timelines_per_s": server_cpu_bound,
+        "ours_over_server_cpu_bound": round(ours / server_cpu_bound, 3),
+        "raw_over_server_cpu_bound": round(raw["timelines_per_s"] / server_cpu_bound, 3),
+        "ours_server_cpu_usec_per_timeline": round(ours_server_cpu, 1),
         "server_usec_per_zadd": zadd_usec,
         "publish_seconds": round(seconds, 2),
         "phases_seconds": result.seconds,

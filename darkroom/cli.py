@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -130,70 +131,93 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
 def demo(
     scale: Annotated[str | None, typer.Option(help="world scale (default: world.scale, small)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    days: Annotated[int, typer.Option(min=1, max=14, help="days of the simulated week (daily chains)")] = 7,
+    hours: Annotated[int, typer.Option(min=0, max=24, help="hourly chains after the weekly runs")] = 2,
     config: ConfigOpt = None,
 ) -> None:
-    """The main job on embedded defaults: generate the world, ingest it through the contracts, build the dbt marts,
-    print a summary."""
-    from darkroom import lake
-    from darkroom.dbt_runner import DbtRunError, run_dbt
-    from darkroom.spark import get_spark
-    from darkroom.tables import all_tables, dataset_table, table
+    """The main job on embedded defaults: generate the world, then run every DAG for real over a simulated week in
+    logical-time order (``darkroom.platform_run``), and write the report (HTML with plots)."""
+    from darkroom.platform_report import build_report, write_report
+    from darkroom.platform_run import PlanFailed, run_plan, week_plan
+    from darkroom.redis_server import LocalRedisServer
     from jobs.generate.main import generate as run_generate
-    from jobs.ingest.main import ingest_landing
+
+    base = _settings(config)
+    world = _world(base, scale, seed, None)
+    started = time.monotonic()
+    # The week ends at the world's end: its first day is (days - 1) days before it.
+    first_day = base.world.end - timedelta(days=days - 1)
+    typer.echo(
+        f"== darkroom demo: {world['scale']} world, seed {world['seed']}, a simulated week of {days} day(s) from "
+        f"{first_day:%Y-%m-%d} and {hours} hourly chain(s); state in {base.state_dir}"
+    )
+    marker = base.landing_dir / "_world.json"
+    wanted = json.dumps(world, sort_keys=True)
+    if marker.exists() and marker.read_text().strip() == wanted:
+        typer.echo(f"== 1/3 generate: {base.landing_dir} already holds this world (delete {marker.name} to regenerate)")
+    else:
+        typer.echo("== 1/3 generate")
+        run_generate(base, out_dir=None, **world)
+        marker.write_text(wanted + "\n")
+    plan = week_plan(first_day, days=days, hours=hours)
+    typer.echo(f"== 2/3 {len(plan)} DAG runs in logical-time order (Airflow's dag.test, one process)")
+    with LocalRedisServer(base.state_dir / "redis", extra_args=["--appendonly", "yes"]) as server:
+        settings = base.model_copy(update={"redis_url": server.url})
+        try:
+            outcomes = run_plan(settings, plan, progress=typer.echo)
+        except PlanFailed as e:
+            typer.secho(str(e), fg="red", err=True)
+            raise typer.Exit(1) from None
+        typer.echo("== 3/3 report")
+        minutes = (time.monotonic() - started) / 60
+        summary = {
+            "world": world,
+            "first_day": first_day.isoformat(),
+            "days": days,
+            "hours": hours,
+            "runs": len(outcomes),
+            "minutes": round(minutes, 1),
+        }
+        report = build_report(settings, outcomes, redis_url=server.url, extra={"title": "demo", "summary": summary})
+    out = write_report(report, base.reports_dir / "demo")
+    typer.echo("")
+    typer.echo(f"report:   {out}")
+    typer.echo(f"          {out.with_name('report.json')}")
+    typer.echo(f"Airflow:  {report['ui']['airflow']}")
+    typer.echo(f"MLflow:   {report['ui']['mlflow']}")
+    typer.echo("tables:   .venv/bin/darkroom tables")
+    typer.echo(f"done in {(time.monotonic() - started) / 60:.1f} min")
+
+
+@app.command()
+def backfill(
+    dag_ids: Annotated[list[str], typer.Argument(help="the DAGs to run, in this order within each interval")],
+    start: Annotated[str, typer.Option("--from", help="first logical date, UTC ISO (2026-10-27)")],
+    end: Annotated[str, typer.Option("--to", help="last logical date, inclusive")],
+    every: Annotated[str, typer.Option(help="interval: day or hour")] = "day",
+    config: ConfigOpt = None,
+) -> None:
+    """Run DAGs for real over a date range, interval by interval in logical-time order (``dag.test()``, one process):
+    a backfill, or a re-run of days already run, which leaves every table, file and Redis key as it was."""
+    from darkroom.dbt_runner import parse_as_of
+    from darkroom.platform_run import PlanFailed, backfill_plan, run_plan
 
     settings = _settings(config)
-    world = _world(settings, scale, seed, None)
-    started = time.monotonic()
-    typer.echo(f"== darkroom demo: {world['scale']} world, seed {world['seed']}, state in {settings.state_dir}")
-    typer.echo("== 1/3 generate")
-    counts = run_generate(settings, out_dir=None, **world)
-    typer.echo("== 2/3 ingest through the data contracts")
-    results = ingest_landing(settings)
-    typer.echo(
-        f"== 3/3 dbt build: staging -> intermediate -> marts, as of {settings.world.end:%Y-%m-%d %H:%M} UTC (world end)"
-    )
     try:
-        built = run_dbt(settings, "build", as_of=settings.world.end)
-    except DbtRunError as e:
+        plan = backfill_plan(dag_ids, parse_as_of(start), parse_as_of(end), every=every)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(
+        f"== backfill: {len(plan)} DAG runs from {plan[0].logical_date:%Y-%m-%d %H:%M} to "
+        f"{plan[-1].logical_date:%Y-%m-%d %H:%M}"
+    )
+    started = time.monotonic()
+    try:
+        outcomes = run_plan(settings, plan, progress=typer.echo)
+    except PlanFailed as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(1) from None
-    spark = get_spark(settings, "demo")
-
-    rows = []
-    for r in results:
-        t = dataset_table(r.dataset)
-        info = lake.describe(spark, t, settings)
-        rows.append(
-            (t.qualified_name, counts.get(r.dataset), info.rows, r.quarantined_rows, info.version, t.path(settings))
-        )
-    for t in all_tables("marts"):
-        info = lake.describe(spark, t, settings)
-        rows.append((t.qualified_name, None, info.rows, None, info.version, t.path(settings)))
-    typer.echo("")
-    _print_table(["table", "landing rows", "rows", "quarantined", "version", "path"], rows)
-    summary = {
-        "world": world,
-        "seconds": round(time.monotonic() - started, 1),
-        "landing": str(settings.landing_dir),
-        "lake": str(settings.lake_dir),
-        "ledger": str(table("meta.ingest_ledger").path(settings)),
-        "validation_report": next((r.report for r in results if r.report), None),
-        "dbt": {"as_of": built.as_of, "counts": built.counts(), "seconds": built.elapsed, "target": built.target_dir},
-        "tables": [
-            {"table": r[0], "landing_rows": r[1], "rows": r[2], "quarantined": r[3], "version": r[4]} for r in rows
-        ],
-    }
-    out = settings.reports_dir / "demo_summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    typer.echo("")
-    typer.echo(f"landing files:     {settings.landing_dir}")
-    typer.echo(f"Delta lake:        {settings.lake_dir}")
-    typer.echo(f"validation report: {summary['validation_report']}")
-    typer.echo(f"dbt:               {built.line()}")
-    typer.echo(f"dbt docs:          .venv/bin/darkroom dbt docs  (lineage and tests; artifacts in {built.target_dir})")
-    typer.echo(f"summary:           {out}")
-    typer.echo(f"done in {summary['seconds']:.0f}s")
+    typer.echo(f"{len(outcomes)} runs succeeded in {(time.monotonic() - started) / 60:.1f} min")
 
 
 dbt_app = typer.Typer(help="The dbt project (dbt/) with darkroom's Spark session; every window ends at --as-of.")

@@ -64,7 +64,15 @@ class RankerScorer:
         return result
 
     def predict_pandas(self, frame: pd.DataFrame) -> pd.DataFrame:
-        scores = self.predict_table(pa.Table.from_pandas(frame, preserve_index=False))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        # A column whose rows are all empty lists (no post in the frame has a hashtag) comes back from pandas as
+        # list<null>: it is still a list of strings, with none in it.
+        for c in self.spec.multi_columns:
+            if c in table.column_names and pa.types.is_list(table.schema.field(c).type):
+                if pa.types.is_null(table.schema.field(c).type.value_type):
+                    i = table.column_names.index(c)
+                    table = table.set_column(i, c, table.column(c).cast(pa.list_(pa.string())))
+        scores = self.predict_table(table)
         return pd.DataFrame({f"p_{h}": scores[h] for h in HEADS} | {"value_score": scores["value"]})
 
     def state_dict(self) -> dict[str, Any]:

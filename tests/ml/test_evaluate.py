@@ -103,3 +103,25 @@ def test_the_pipelines_comparison_is_flat_per_model(trained, split, dataset):
     )
     assert {"ne_hide", "calibration_dwell", "log_loss_save"} <= set(quality["model"])
     assert quality["oracle"]["auc_gap_like"] == 0.0 and keys.num_rows == len(probs["like"])
+
+
+def test_scoring_a_frame_whose_tag_lists_are_all_empty(trained, split):
+    """pandas gives back list<null> for a column of empty lists (five posts without a hashtag, as in the example the
+    weekly run logs with the model); they score as posts with no tags, not as a schema error."""
+    from ml.ranker.data import read_columns
+    from ml.ranker.inference import RankerScorer, scoring_frame
+
+    _, spec, result, _ = trained
+    scorer = RankerScorer(model=result.model, spec=spec, arch=result.arch, value_weights=dict.fromkeys(HEADS, 1.0))
+    assert spec.multi_columns
+    rows = read_columns(split[1], spec.feature_columns(labels=False)).slice(0, 5)
+    frame = scoring_frame(rows, spec)
+    empty = frame.copy()
+    for c in spec.multi_columns:
+        empty[c] = [[] for _ in range(len(empty))]
+    stripped = rows
+    for c in spec.multi_columns:
+        i = stripped.column_names.index(c)
+        stripped = stripped.set_column(i, c, pa.array([[] for _ in range(stripped.num_rows)], pa.list_(pa.string())))
+    scores = scorer.predict_pandas(empty)
+    assert list(scores["value_score"]) == list(scorer.predict_table(stripped)["value"])

@@ -13,9 +13,12 @@ marts cover a whole day (the triggering event's `data_interval_end` is midnight 
    pure pull, T*, the per-author rule) to `fanout.policies`, each author's mode to `fanout.author_modes`, the
    inactive users to `fanout.inactive_users` (one version per day, replaced on a re-run), a report (cost curve
    and fan-in PNGs) under `<state>/reports/fanout/<version>/`, and an MLflow run in experiment `fanout_policy`.
-2. **replay_validation**: the last day's posts and feed reads replayed through Redis (`settings.redis_url`,
-   keys under `replay:`) under T*, pure push and pure pull; writes, merges and stored entries counted there must
-   agree with the model within 5%, or the run fails naming the figure. The errors go to the same MLflow run.
+2. **replay_validation** (`spark-submit jobs/fanout_threshold/main.py --as-of T --replay-only --mlflow-run-id R`,
+   connection `spark_default`, pool `spark`): the last day's posts and feed reads replayed through Redis
+   (`settings.redis_url`, keys under `replay:`) under T*, pure push and pure pull; writes, merges and stored entries
+   counted there must agree with the model within 5%, or the job exits non-zero naming the figure and the task
+   fails. The errors go to the tuning's MLflow run (R, from `fanout_threshold`'s XCom) and `replay.json` beside the
+   report.
 
 **Outlets**: `fanout.policies`, `fanout.author_modes`, `fanout.inactive_users` (the serving publisher turns them
 into `config:fanout`, `user:{id}:pull_authors` and `celebrity:{id}:posts`).
@@ -28,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import spark_submit_task
 from dags.assets import (
     FANOUT_AUTHOR_MODES,
     FANOUT_INACTIVE_USERS,
@@ -70,17 +74,14 @@ def fanout_threshold_tuning():
             context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
         return {"version": result.version, "threshold": result.threshold, "mlflow_run_id": result.mlflow_run_id}
 
-    @task
-    def replay_validation(tuned: dict) -> dict:
-        from jobs.fanout_threshold.main import check_replay, validate_by_replay
-
-        result = validate_by_replay(_settings(), run_as_of(get_current_context()), mlflow_run_id=tuned["mlflow_run_id"])
-        check_replay(result)
-        return {name: r["error"] for name, r in result.items()}
+    replay_validation = spark_submit_task(
+        "replay_validation",
+        "jobs.fanout_threshold.main",
+        ["--replay-only", "--mlflow-run-id", "{{ ti.xcom_pull(task_ids='fanout_threshold')['mlflow_run_id'] }}"],
+    )
 
     tuned = fanout_threshold()
-    day_complete() >> tuned
-    replay_validation(tuned)
+    day_complete() >> tuned >> replay_validation
 
 
 fanout_threshold_tuning()

@@ -7,7 +7,8 @@ by the champion of that hour, with the latest fan-out policy at or before the ru
 1. **feed_precompute** (`darkroom precompute feed`): per active user, the recent posts of followed push-mode authors
    scored by `ranker@champion` (top `fanout.timeline_cap`), the pull-mode authors' recent posts, each user's pull
    authors, the metadata of every referenced post and `config:fanout`: the `serving.*` feed tables of the batch.
-2. **story_rings** (`darkroom precompute stories`): authors with a live story, unseen first, then by engagement.
+2. **story_rings** (`spark-submit jobs/story_rings/main.py --as-of T`, connection `spark_default`, pool `spark`):
+   `serving.story_rings` of the batch, authors with a live story, unseen first, then by engagement.
 3. **publish** (`darkroom serving publish --batch-id B --groups feed --groups stories`): each group written under a
    new version, verified against the Delta tables (counts per key family, sampled contents), then made current by
    one pointer switch; the previous version stays whole until then and expires after `serving.grace_seconds`.
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import spark_submit_task
 from dags.assets import (
     RANKER_CHAMPION,
     SERVING_CELEBRITY_POSTS,
@@ -65,13 +67,7 @@ def feed_publish():
 
         return asdict(precompute(_settings(), run_as_of(get_current_context())))
 
-    @task(outlets=[SERVING_STORY_RINGS])
-    def story_rings() -> dict:
-        from dataclasses import asdict
-
-        from jobs.story_rings.main import build_rings
-
-        return asdict(build_rings(_settings(), run_as_of(get_current_context())))
+    story_rings = spark_submit_task("story_rings", "jobs.story_rings.main", outlets=[SERVING_STORY_RINGS])
 
     @task
     def publish() -> list[dict]:
@@ -84,7 +80,7 @@ def feed_publish():
         spark = get_spark(settings, "feed_publish")
         return [result_dict(r) for r in publish_batch(spark, settings, batch, ["feed", "stories"])]
 
-    [feed_precompute(), story_rings()] >> publish()
+    [feed_precompute(), story_rings] >> publish()
 
 
 feed_publish()

@@ -5,6 +5,10 @@ rebuild the caller's settings exactly: every setting is passed as a ``DARKROOM_*
 settings as JSON), and inherited ``DARKROOM_*`` / ``AIRFLOW__*`` variables are dropped, so ``load_settings()`` in a
 task equals the ``settings`` given here.
 
+Every Airflow process also gets the ``spark_default`` connection (``AIRFLOW_CONN_SPARK_DEFAULT``: Spark at
+``settings.spark.master``), through which the DAGs' ``SparkSubmitOperator`` tasks submit their jobs, unless the caller's
+environment defines that variable already: then theirs stays, which is how the jobs are pointed at a cluster.
+
     from darkroom.airflow_env import run_dag_test
     run_dag_test(settings, "ingest", "2026-11-01", conf={"landing_dir": "/data/landing"})
 
@@ -32,6 +36,10 @@ DAGS_DIR = PROJECT_ROOT / "dags"
 _ENV_PREFIX = "DARKROOM_"
 # Variables from the caller's shell that would change what Airflow or the task settings see.
 _DROPPED_PREFIXES = (_ENV_PREFIX, "AIRFLOW__", "AIRFLOW_HOME", "AIRFLOW_CONFIG")
+# The connection SparkSubmitOperator uses; an ``AIRFLOW_CONN_*`` variable is not dropped, so a caller's value is kept.
+SPARK_CONN_ID = "spark_default"
+SPARK_CONN_ENV = f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}"
+SPARK_POOL = "spark"
 
 
 def airflow_db_path(settings: DarkroomSettings) -> Path:
@@ -53,15 +61,29 @@ def settings_env(settings: DarkroomSettings) -> dict[str, str]:
     return env
 
 
+def project_python_path() -> str:
+    """``PYTHONPATH`` with the project root first (``dags``, ``jobs``, ... import from it), then the caller's."""
+    return os.pathsep.join([str(PROJECT_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+
+
+def spark_connection(settings: DarkroomSettings) -> str:
+    """The ``spark_default`` connection as ``AIRFLOW_CONN_SPARK_DEFAULT`` (JSON): Spark at ``settings.spark.master``.
+
+    SparkSubmitHook takes the host of a ``spark`` connection as the whole master URL (``local[*]``, ``spark://h:7077``,
+    ``yarn``, ``k8s://...``), so the submitted jobs run where darkroom's own sessions do: ``local[*]`` by default,
+    which is ``local[2]`` on a 2-core machine, the ``spark`` pool letting one such job run at a time.
+    """
+    return json.dumps({"conn_type": "spark", "host": settings.spark.master})
+
+
 def airflow_env(settings: DarkroomSettings) -> dict[str, str]:
     """The variables to set for running Airflow on darkroom's DAGs (merge them over a clean environment).
 
-    Pure: nothing is created; ``ensure_airflow_db`` creates the Airflow home and the DB.
+    Pure: nothing is created; ``ensure_airflow_db`` creates the Airflow home and the DB. ``AIRFLOW_CONN_SPARK_DEFAULT``
+    is left out when the caller's environment has it (theirs wins: a cluster's master).
     """
     home = settings.airflow_home
-    python_path = os.pathsep.join(
-        [str(PROJECT_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    )
+    spark_conn = {} if SPARK_CONN_ENV in os.environ else {SPARK_CONN_ENV: spark_connection(settings)}
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
@@ -76,7 +98,8 @@ def airflow_env(settings: DarkroomSettings) -> dict[str, str]:
         # No telemetry calls, no provider-less surprises on a machine without network.
         "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
         "SCARF_ANALYTICS": "false",
-        "PYTHONPATH": python_path,
+        "PYTHONPATH": project_python_path(),
+        **spark_conn,
         **settings_env(settings),
     }
 
@@ -92,10 +115,18 @@ def airflow_bin() -> str:
     return str(local) if local.exists() else "airflow"
 
 
-# Pools the DAGs name (created with the DB): slots, description.
-POOLS: dict[str, tuple[int, str]] = {
-    "ranker_training": (1, "one ranker training at a time: the hourly fine-tune never runs over the weekly retrain"),
-}
+def pools(settings: DarkroomSettings) -> dict[str, tuple[int, str]]:
+    """The pools the DAGs name (created with the DB): name -> (slots, description)."""
+    return {
+        "ranker_training": (
+            1,
+            "one ranker training at a time: the hourly fine-tune never runs over the weekly retrain",
+        ),
+        SPARK_POOL: (
+            settings.airflow.spark_pool_slots,
+            "spark-submit jobs running at once, each a Spark driver JVM (settings airflow.spark_pool_slots)",
+        ),
+    }
 
 
 def _stamp_path(settings: DarkroomSettings) -> Path:
@@ -110,8 +141,9 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
     """
     db = airflow_db_path(settings)
     stamp = _stamp_path(settings)
-    pools = ",".join(f"{name}={slots}" for name, (slots, _) in sorted(POOLS.items()))
-    wanted = f"apache-airflow-core {version('apache-airflow-core')} {db} pools {pools}"
+    wanted_pools = pools(settings)
+    slots = ",".join(f"{name}={n}" for name, (n, _) in sorted(wanted_pools.items()))
+    wanted = f"apache-airflow-core {version('apache-airflow-core')} {db} pools {slots}"
     if db.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return db
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -126,9 +158,9 @@ def ensure_airflow_db(settings: DarkroomSettings, *, timeout: float = 600) -> Pa
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}) for {db}:\n{tail}")
-    for name, (slots, description) in POOLS.items():
+    for name, (n, description) in wanted_pools.items():
         proc = subprocess.run(
-            [airflow_bin(), "pools", "set", name, str(slots), description],
+            [airflow_bin(), "pools", "set", name, str(n), description],
             env=subprocess_env(settings),
             cwd=settings.airflow_home,
             capture_output=True,

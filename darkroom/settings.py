@@ -93,6 +93,11 @@ class AirflowSettings(_Strict):
     retry_delay_seconds: int = Field(60, ge=0, description="first retry delay; doubles per try up to 15 minutes")
     host: str = Field("127.0.0.1", min_length=1, description="where `darkroom airflow up` serves the UI and API")
     port: int = Field(8080, ge=1, le=65535, description="the api-server's port of `darkroom airflow up`")
+    spark_pool_slots: int = Field(
+        1,
+        ge=1,
+        description="slots of the `spark` pool: spark-submit jobs (one driver JVM each) running at once; 1 on 2 cores",
+    )
 
 
 class BlobSettings(_Strict):

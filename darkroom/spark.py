@@ -1,4 +1,5 @@
-"""The Spark session factory: Delta from local jars, the master from settings, quiet when not on a terminal.
+"""The Spark session factory: Delta from local jars, the master from settings, quiet when not on a terminal; and the
+same configuration as spark-submit arguments (``spark_submit_args``) for the DAGs' ``SparkSubmitOperator`` tasks.
 
 With the lake on an object store (``lake_uri = s3a://...``) the session also gets Hadoop's S3A settings; the
 ``hadoop-aws`` jar and its AWS SDK bundle are not resolved by local set-up (the project image has them in Spark's jars).
@@ -10,7 +11,7 @@ import atexit
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from darkroom.jars import resolved_jars
 
@@ -71,6 +72,53 @@ def s3a_conf(settings: DarkroomSettings) -> dict[str, str]:
     if s3.region:
         conf["spark.hadoop.fs.s3a.endpoint.region"] = s3.region
     return conf
+
+
+def with_master(settings: DarkroomSettings, master: str) -> DarkroomSettings:
+    """``settings`` with ``spark.master`` replaced (validated like any setting)."""
+    from darkroom.settings import SparkSettings
+
+    spark = SparkSettings.model_validate({**settings.spark.model_dump(), "master": master})
+    return settings.model_copy(update={"spark": spark})
+
+
+# What spark-submit takes from its own arguments: the master (``--master``, from the Airflow connection) and the jars.
+_SUBMIT_OWN = ("spark.master", "spark.jars")
+
+
+def spark_submit_args(settings: DarkroomSettings, app_name: str) -> dict[str, Any]:
+    """The arguments of ``SparkSubmitOperator`` that run a darkroom job as ``get_spark`` would run it in-process.
+
+    ``settings.spark.master`` must be the master spark-submit gets (its connection's; ``with_master``), so that the
+    configuration follows it (a local master gets the local-only settings) and the job's own ``load_settings()``,
+    rebuilt from ``env_vars``, names the same master:
+
+    - ``conf``: ``spark_conf`` without ``spark.master`` and ``spark.jars`` (the connection and ``jars`` carry them),
+      with ``spark.log.level`` WARN unless ``spark.conf`` sets it (the driver's INFO lines would flood the task log;
+      an in-process ``get_spark`` session logs errors only);
+    - ``jars``: the resolved Delta jars, comma-separated (raises when set-up has not resolved them);
+    - ``env_vars``: every setting as ``DARKROOM_*`` (``settings_env``), ``PYTHONPATH`` with the project root, and this
+      interpreter as the driver's Python (``PYSPARK_DRIVER_PYTHON``; ``PYSPARK_PYTHON`` too unless already set);
+    - ``spark_binary``: the ``spark-submit`` beside this interpreter (pyspark's, in the venv), else ``None`` (the
+      connection's ``spark-binary`` extra, or ``spark-submit`` on the PATH);
+    - ``name``: the Spark app name, ``<app_name_prefix>-<app_name>``.
+    """
+    from darkroom.airflow_env import project_python_path, settings_env
+
+    conf = spark_conf(settings, app_name)
+    local_submit = Path(sys.executable).parent / "spark-submit"
+    return {
+        "conf": {"spark.log.level": "WARN", **{k: v for k, v in conf.items() if k not in _SUBMIT_OWN}},
+        "jars": conf["spark.jars"],
+        "env_vars": {
+            **settings_env(settings),
+            "PYTHONPATH": project_python_path(),
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        },
+        "spark_binary": str(local_submit) if local_submit.exists() else None,
+        "name": conf["spark.app.name"],
+    }
 
 
 def get_spark(settings: DarkroomSettings, app_name: str = "session") -> SparkSession:

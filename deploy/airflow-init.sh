@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot before the Airflow components start (docker-compose.yml's airflow-init); safe to re-run:
 #   1. create or upgrade the metadata DB (`airflow db migrate`);
-#   2. the pools darkroom's DAGs name (darkroom.airflow_env.POOLS, as ensure_airflow_db creates them locally);
+#   2. the pools darkroom's DAGs name (darkroom.airflow_env.pools(settings), as ensure_airflow_db creates them locally);
 #   3. the UI user's password for Airflow's simple auth manager (user and role: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS),
 #      written to AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE from AIRFLOW_ADMIN_PASSWORD.
 set -euo pipefail
@@ -13,8 +13,10 @@ import json
 import os
 import subprocess
 
-from darkroom.airflow_env import POOLS
+from darkroom.airflow_env import pools
+from darkroom.settings import load_settings
 
+POOLS = pools(load_settings())
 for name, (slots, description) in sorted(POOLS.items()):
     subprocess.run(["airflow", "pools", "set", name, str(slots), description], check=True)
 

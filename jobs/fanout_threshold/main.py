@@ -1,6 +1,10 @@
 """``fanout_threshold``: the follower threshold of the hybrid fan-out, from the real graph, every day.
 
     python -m jobs.fanout_threshold.main --as-of 2026-11-01T00:00:00 [--replay] [--no-mlflow]
+    python -m jobs.fanout_threshold.main --as-of 2026-11-01T00:00:00 --replay-only [--mlflow-run-id RUN]
+
+(the second validates the policy already tuned for that as_of; the DAG's ``replay_validation`` task spark-submits it;
+a refused input or a replay beyond the tolerance exits 2 with the reason on stderr).
 
 ``tune`` reads ``marts.fct_author_fanout_stats`` and ``marts.fct_user_read_activity`` (both must be as of the run's
 ``as_of``) and the follow graph (``bronze.follows`` before ``as_of``, refused if it holds self-follows, duplicate
@@ -694,10 +698,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.fanout_threshold.main", description=__doc__.split("\n")[0])
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat)
     parser.add_argument("--replay", action="store_true", help="validate the policy by replaying the last day")
+    parser.add_argument(
+        "--replay-only", action="store_true", help="no tuning: validate the policy already tuned for --as-of"
+    )
+    parser.add_argument("--mlflow-run-id", default=None, help="with --replay-only: the tuning run the errors go to")
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args(argv)
+    if args.mlflow_run_id and not args.replay_only:
+        parser.error("--mlflow-run-id goes with --replay-only (a tuning logs its own run)")
     settings = load_settings()
     try:
+        if args.replay_only:
+            run_id = None if args.no_mlflow else args.mlflow_run_id
+            check_replay(validate_by_replay(settings, args.as_of, mlflow_run_id=run_id))
+            return 0
         result = tune(settings, args.as_of, log_mlflow=not args.no_mlflow)
         if args.replay:
             check_replay(validate_by_replay(settings, args.as_of, mlflow_run_id=result.mlflow_run_id))

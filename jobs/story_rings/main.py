@@ -5,12 +5,14 @@
 Reads ``marts.fct_story_ring_signals`` (refused unless it is as of exactly ``as_of``: one row per viewer and
 followed author with a story created in (as_of - 24 h, as_of), with the unseen count and the 7-day engagement),
 scores each ring (``transform.ring_scores``: unseen first, then engagement, weights ``precompute.ring_weights``)
-and replaces the batch (``replaceWhere batch_id = …``): a re-run leaves the same rows.
+and replaces the batch (``replaceWhere batch_id = …``): a re-run leaves the same rows. From the command line (the
+``feed_publish`` DAG spark-submits it), a missing or stale input exits 2 with the reason on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.story_rings.main", description=__doc__)
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat, help="the batch's instant (UTC)")
     args = parser.parse_args(argv)
-    build_rings(load_settings(), args.as_of)
+    try:
+        build_rings(load_settings(), args.as_of)
+    except (lake.StaleTableError, FileNotFoundError) as e:
+        print(f"story_rings: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,8 +1,10 @@
 """Every DAG file imports cleanly and follows the house rules; importing one does no work; the ingest DAG's edges are
-the contracts' references; the Airflow harness hands task processes exactly the caller's settings."""
+the contracts' references; the Airflow harness hands task processes exactly the caller's settings; Spark jobs are
+spark-submitted through the ``spark_default`` connection (the settings' master unless set outside) in pool ``spark``."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shlex
 import subprocess
@@ -11,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from darkroom.airflow_env import DAGS_DIR, airflow_env, settings_env, subprocess_env
+from darkroom.airflow_env import (
+    DAGS_DIR,
+    SPARK_CONN_ENV,
+    SPARK_CONN_ID,
+    SPARK_POOL,
+    airflow_env,
+    pools,
+    settings_env,
+    subprocess_env,
+)
 from darkroom.contract_spec import contract_names, load_contract
 from darkroom.settings import CONFIG_ENV, PROJECT_ROOT, load_settings
 from darkroom.tables import dataset_table, dbt_model_tables, table
@@ -34,6 +45,7 @@ HEAVY_MODULES = (
 _DAGBAG_PROBE = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset
 bag = DagBag(dag_folder=sys.argv[1], safe_mode=False)
 import dags.assets
@@ -67,6 +79,13 @@ print(json.dumps({
                     "execution_timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                     "on_failure_callback": bool(t.on_failure_callback),
                     "outlets": [asset(a) for a in t.outlets],
+                    "spark_submit": {
+                        "conn_id": t._conn_id,
+                        "pool": t.pool,
+                        "application": t.application,
+                        "module": getattr(t, "module", None),
+                        "application_args": t.application_args,
+                    } if isinstance(t, SparkSubmitOperator) else None,
                 }
                 for t in dag.tasks
             },
@@ -269,3 +288,118 @@ def test_shell_exports_give_the_same_settings(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout) == json.loads(expected.model_dump_json())
     assert expected.spark.master == "local[7]" and expected.world.seed == 3
+
+
+# --- Spark jobs through SparkSubmitOperator ---------------------------------------------------------------------------
+
+# Tasks that must be spark-submitted (their results are tables, not XComs).
+SPARK_SUBMIT_TASKS = {("fanout_threshold_tuning", "replay_validation"), ("feed_publish", "story_rings")}
+
+
+def test_spark_jobs_are_submitted_on_spark_default_in_pool_spark(dagbag, settings):
+    submitted = {
+        (dag_id, task_id): t["spark_submit"]
+        for dag_id, dag in dagbag["dags"].items()
+        for task_id, t in dag["tasks"].items()
+        if t["spark_submit"]
+    }
+    assert set(submitted) >= SPARK_SUBMIT_TASKS
+    assert SPARK_POOL in pools(settings)
+    for (dag_id, task_id), sub in submitted.items():
+        where = f"{dag_id}.{task_id}"
+        assert sub["conn_id"] == SPARK_CONN_ID, where
+        assert sub["pool"] == SPARK_POOL, where
+        # the application is the job module's own file, which runs main() as a script
+        assert sub["module"] and sub["module"].startswith("jobs.") and sub["module"].endswith(".main"), where
+        application = Path(sub["application"])
+        assert application == PROJECT_ROOT.joinpath(*sub["module"].split(".")).with_suffix(".py"), where
+        assert application.is_file(), where
+        assert callable(getattr(importlib.import_module(sub["module"]), "main", None)), where
+        assert 'if __name__ == "__main__":' in application.read_text(), where
+    # the replay validates the run's own tuning: its MLflow run id comes from fanout_threshold's XCom
+    replay = dagbag["dags"]["fanout_threshold_tuning"]["tasks"]["replay_validation"]
+    assert replay["upstream"] == ["fanout_threshold"]
+    assert "xcom_pull(task_ids='fanout_threshold')['mlflow_run_id']" in " ".join(
+        replay["spark_submit"]["application_args"]
+    )
+    assert dagbag["dags"]["feed_publish"]["tasks"]["publish"]["upstream"] == ["feed_precompute", "story_rings"]
+
+
+_CONN_PROBE = (
+    "from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook\n"
+    f"print(SparkSubmitHook(conn_id={SPARK_CONN_ID!r})._connection['master'])"
+)
+
+
+@pytest.mark.parametrize("master", ["local[2]", "local[*]", "spark://spark-master:7077"])
+def test_spark_default_is_the_settings_master_unless_set_outside(master, tmp_path, monkeypatch):
+    """What SparkSubmitHook resolves in an Airflow process: the settings' master; a caller's connection wins."""
+    monkeypatch.delenv(SPARK_CONN_ENV, raising=False)
+    s = load_settings(state_dir=tmp_path / "state", spark={"master": master})
+
+    def resolved() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CONN_PROBE], env=subprocess_env(s), capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert resolved() == master
+    monkeypatch.setenv(SPARK_CONN_ENV, "spark://elsewhere:7077")
+    assert SPARK_CONN_ENV not in airflow_env(s)
+    assert resolved() == "spark://elsewhere:7077"
+
+
+def test_local_profile_submits_to_the_machines_cores(tmp_path, monkeypatch):
+    """The local profile's master is local[*]: as many Spark threads as cores (2 here), one submitted job at a time."""
+    monkeypatch.delenv(SPARK_CONN_ENV, raising=False)
+    s = load_settings(state_dir=tmp_path / "state")
+    assert json.loads(airflow_env(s)[SPARK_CONN_ENV]) == {"conn_type": "spark", "host": s.spark.master}
+    assert s.spark.master == "local[*]" and pools(s)[SPARK_POOL][0] == s.airflow.spark_pool_slots == 1
+
+
+_SUBMIT_PROBE = """
+import json, sys
+from datetime import datetime, timezone
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from dags._spark import spark_submit_task
+SparkSubmitOperator.execute = lambda self, context: None  # everything up to the spark-submit itself
+op = spark_submit_task("story_rings", "jobs.story_rings.main", ["--extra", "1"])
+when = datetime(2026, 11, 1, 1, tzinfo=timezone.utc)
+op.execute({"logical_date": when, "data_interval_end": when, "triggering_asset_events": {}})
+print(json.dumps({"conf": op.conf, "jars": op.jars, "env_vars": op.env_vars, "name": op.name,
+                  "spark_binary": op._spark_binary, "application_args": op.application_args}))
+"""
+
+
+@pytest.mark.parametrize("connection", [None, "spark://spark-master:7077"], ids=["settings-master", "cluster"])
+def test_a_submitted_job_gets_the_settings_conf_jars_and_environment(settings, connection, monkeypatch):
+    """The operator resolves, when the task runs, what spark-submit gets: darkroom's Spark conf for the connection's
+    master (no local-only settings on a cluster) without master and jars, the Delta jars, the task's settings as
+    DARKROOM_* (with the connection's master, so the job's own session names the same master) and the venv's
+    spark-submit."""
+    from darkroom.jars import resolved_jars
+    from darkroom.spark import spark_conf, with_master
+
+    monkeypatch.delenv(SPARK_CONN_ENV, raising=False)
+    if connection:
+        monkeypatch.setenv(SPARK_CONN_ENV, connection)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SUBMIT_PROBE], env=subprocess_env(settings), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    job_settings = with_master(settings, connection or settings.spark.master)
+    expected_conf = {
+        k: v for k, v in spark_conf(job_settings, "story_rings").items() if k not in ("spark.master", "spark.jars")
+    }
+    assert got["conf"] == {"spark.log.level": "WARN", **expected_conf}
+    assert ("spark.driver.host" in got["conf"]) is (connection is None)  # local-only settings follow the master
+    assert got["jars"].split(",") == [str(j) for j in resolved_jars(settings.jars_dir)]
+    assert {k: v for k, v in got["env_vars"].items() if k.startswith("DARKROOM_")} == settings_env(job_settings)
+    assert json.loads(got["env_vars"]["DARKROOM_SPARK"])["master"] == (connection or "local[2]")
+    assert got["env_vars"]["PYTHONPATH"].split(":")[0] == str(PROJECT_ROOT)
+    assert got["env_vars"]["PYSPARK_DRIVER_PYTHON"] == sys.executable
+    assert got["spark_binary"] == str(Path(sys.executable).parent / "spark-submit")
+    assert got["name"] == "darkroom-story_rings"
+    assert got["application_args"] == ["--as-of", "2026-11-01T01:00:00+00:00", "--extra", "1"]

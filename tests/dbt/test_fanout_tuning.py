@@ -156,8 +156,35 @@ def test_a_graph_with_a_self_follow_is_refused(fanout, spark, tmp_path):
 
 
 def test_the_dag_tunes_and_validates_by_replay(fanout, tuned):
+    """replay_validation is spark-submitted (connection spark_default, pool spark) with the run's as-of and the
+    tuning's MLflow run id; its results are the replay's figures in that run and in replay.json."""
+    import json
+    import sqlite3
+
+    import mlflow
+
+    from darkroom.airflow_env import airflow_db_path, task_return_value
+    from darkroom.tracking import tracking_uri
+    from jobs.fanout_threshold.main import report_dir
+
     proc = run_dag_test(fanout, "fanout_threshold_tuning", "2026-11-01T00:00:00+00:00")
     assert proc.returncode == 0, proc.stdout[-5000:]
     state, tasks = last_dag_run(fanout, "fanout_threshold_tuning")
     assert state == "success"
     assert tasks == {"day_complete": "success", "fanout_threshold": "success", "replay_validation": "success"}
+    run_id = task_return_value(fanout, "fanout_threshold_tuning", "fanout_threshold")["mlflow_run_id"]
+    assert run_id != tuned.mlflow_run_id  # the DAG's own tuning run
+    submit = [line for line in proc.stdout.splitlines() if "Spark-Submit cmd:" in line]
+    assert len(submit) == 1, proc.stdout[-5000:]
+    assert f"--master {fanout.spark.master} " in submit[0]
+    assert (
+        "jobs/fanout_threshold/main.py --as-of 2026-11-01T00:00:00+00:00 --replay-only --mlflow-run-id " + run_id
+    ) in submit[0]
+    metrics = mlflow.MlflowClient(tracking_uri(fanout)).get_run(run_id).data.metrics
+    replay = json.loads((report_dir(fanout, tuned.version) / "replay.json").read_text())
+    for name in ("threshold", "pure_push", "pure_pull"):
+        for k in ("writes", "merges", "stored_entries"):
+            assert metrics[f"replay.{name}.{k}_error"] == pytest.approx(replay[name]["error"][k])
+            assert replay[name]["error"][k] <= 0.05
+    with sqlite3.connect(airflow_db_path(fanout)) as db:
+        assert db.execute("SELECT slots FROM slot_pool WHERE pool = 'spark'").fetchall() == [(1,)]

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class FeedRun:
-    """The ``feed_publish`` DAG's run on ``champion_world``: the tasks' return values and the Redis it published to."""
+    """The ``feed_publish`` DAG's run on ``champion_world``: the tasks' return values (``story_rings`` is
+    spark-submitted and returns nothing: its figures are read from ``serving.story_rings``), its log and the Redis it
+    published to."""
 
     feed: SimpleNamespace
     rings: SimpleNamespace
@@ -29,11 +31,14 @@ class FeedRun:
     dag_state: str
     task_states: dict[str, str]
     redis_url: str
+    log: str
 
 
 @pytest.fixture(scope="module")
-def feed_run(champion_world, tmp_path_factory):
+def feed_run(champion_world, tmp_path_factory, spark):
     """``airflow dags test feed_publish`` as of WORLD_END, publishing to a redis-server of this module's own."""
+    from pyspark.sql import functions as F
+
     from darkroom.airflow_env import last_dag_run, run_dag_test, task_return_value
     from darkroom.redis_server import LocalRedisServer
 
@@ -42,13 +47,20 @@ def feed_run(champion_world, tmp_path_factory):
         proc = run_dag_test(s, "feed_publish", champion_world.as_of.isoformat())
         state, tasks = last_dag_run(s, "feed_publish")
         assert proc.returncode == 0 and state == "success", proc.stdout[-4000:]
+        feed = SimpleNamespace(**task_return_value(s, "feed_publish", "feed_precompute"))
+        row = (
+            _batch(spark, champion_world, "story_rings", feed.batch_id)
+            .agg(F.count("*"), F.count_distinct("viewer_id"), F.count_if("unseen"))
+            .first()
+        )
         yield FeedRun(
-            feed=SimpleNamespace(**task_return_value(s, "feed_publish", "feed_precompute")),
-            rings=SimpleNamespace(**task_return_value(s, "feed_publish", "story_rings")),
+            feed=feed,
+            rings=SimpleNamespace(batch_id=feed.batch_id, rings=row[0], viewers=row[1], unseen=row[2]),
             published=task_return_value(s, "feed_publish", "publish"),
             dag_state=state,
             task_states=tasks,
             redis_url=server.url,
+            log=proc.stdout,
         )
 
 
@@ -239,7 +251,12 @@ def test_one_viewers_ring_is_unseen_first_then_by_engagement(precomputed, champi
     s, now = champion_world.settings, _sql_time(champion_world)
     _views(spark, champion_world)
     stored = _batch(spark, champion_world, "story_rings", rings.batch_id)
-    assert stored.count() == rings.rings > 0 and stored.select("viewer_id").distinct().count() == rings.viewers
+    # one ring per row of the mart (viewer, followed author with a live story at as_of)
+    signals = spark.table("pc_ring_signals")
+    assert stored.count() == signals.count() == rings.rings > 0
+    assert sorted(map(tuple, stored.select("viewer_id", "author_id").collect())) == sorted(
+        map(tuple, signals.select("viewer_id", "author_id").collect())
+    )
     mixed = (
         stored.groupBy("viewer_id")
         .agg(F.count("*").alias("n"), F.count_if("unseen").alias("u"))
@@ -288,6 +305,10 @@ def test_one_viewers_ring_is_unseen_first_then_by_engagement(precomputed, champi
 
 def test_the_dag_publishes_feed_and_stories_whole_and_current(feed_run, champion_world, spark):
     assert feed_run.task_states == {"feed_precompute": "success", "story_rings": "success", "publish": "success"}
+    # story_rings ran through spark-submit on spark_default (the settings' master) with the batch's as-of
+    [submit] = [line for line in feed_run.log.splitlines() if "Spark-Submit cmd:" in line]
+    assert f"--master {champion_world.settings.spark.master} " in submit
+    assert f"jobs/story_rings/main.py --as-of {champion_world.as_of.isoformat()}" in submit
     batch = feed_run.feed.batch_id
     by_group = {r["group"]: r for r in feed_run.published}
     assert sorted(by_group) == ["feed", "stories"]

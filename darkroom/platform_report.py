@@ -30,7 +30,9 @@ def run_xcom(settings: DarkroomSettings, dag_id: str, run_id: str, task_id: str)
     if not rows:
         return None
     value = rows[0][0]
-    return json.loads(value.decode() if isinstance(value, bytes) else value)
+    if isinstance(value, bytes | str):
+        return json.loads(value.decode() if isinstance(value, bytes) else value)
+    return value  # SQLite hands a JSON scalar back as a number
 
 
 def _runs(outcomes: Iterable[RunOutcome], dag_id: str) -> list[RunOutcome]:
@@ -55,7 +57,7 @@ def _storage(settings: DarkroomSettings, outcomes: list[RunOutcome]) -> dict:
             }
         )
     scrubs = [
-        {"as_of": o.logical_date, "scrub": run_xcom(settings, o.dag_id, o.run_id, "scrub")}
+        {"as_of": o.logical_date, "scrub": run_xcom(settings, o.dag_id, o.run_id, "blob_scrub")}
         for o in _runs(outcomes, "blob_scrub")
     ]
     reports = sorted(str(p) for p in (settings.reports_dir / "tiering").glob("*/report.html"))

@@ -5,7 +5,7 @@ JVM; Spark jobs and dbt read the same tables by path. Tables under ``<lake>/blob
 
 - ``media_locations``: one row per blob (a post's media or a story's media): its tier, where (hot volume, warm
   volume or cold pack, offset, size), the checksum of its bytes, and ``placed_at`` (the logical time of the job that
-  put it there, never the wall clock, so a re-run writes the same row).
+  put it there, or a new upload's own upload time; never the wall clock, so a re-run writes the same row).
 - ``volumes``: hot and warm volumes and their state machine (hot: ``open -> sealed``; warm: ``encoding -> encoded
   -> released``, released meaning the hot copies of its media were tombstoned; ``archived`` when no live media is
   left in it), a warm volume's blocks with their sizes and SHA-256s, its XOR group, and blocks found lost.

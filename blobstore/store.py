@@ -58,11 +58,14 @@ class BlobReadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Blob:
-    """A blob to store: its id, kind (``media`` or ``story``) and bytes."""
+    """A blob to store: its id, kind (``media`` or ``story``) and bytes. ``placed_at``, when given, is the
+    catalog's ``placed_at`` of a new upload (its upload time) instead of the storing job's as-of, so the row does not
+    depend on when the job ran."""
 
     media_id: int
     kind: str
     data: bytes
+    placed_at: datetime | None = None
 
 
 class BlobStore:
@@ -313,7 +316,7 @@ def _hot_row(blob: Blob, volume_id: int, offset: int, as_of: datetime) -> dict:
         "offset": offset,
         "size": len(blob.data),
         "checksum": checksum(blob.data),
-        "placed_at": as_of,
+        "placed_at": blob.placed_at or as_of,
     }
 
 

@@ -42,6 +42,10 @@ class DarkroomSparkSubmitOperator(SparkSubmitOperator):
         super().__init__(application=str(job_file(module)), **kwargs)
         self.module = module
         self.job_name = module.split(".")[-2]  # jobs.<job>.main: the Spark app name
+        # What the DAG gave, kept apart from what execute() derives: a retry of the same operator object (dag.test
+        # runs tries in one process) derives afresh instead of stacking on the last try's values.
+        self._given_conf = dict(self.conf or {})
+        self._given_env_vars = dict(self.env_vars or {})
 
     def execute(self, context) -> None:
         from darkroom.settings import load_settings
@@ -49,14 +53,27 @@ class DarkroomSparkSubmitOperator(SparkSubmitOperator):
 
         master = SparkSubmitHook(conn_id=self._conn_id, spark_binary=self._spark_binary)._connection["master"]
         args = spark_submit_args(with_master(load_settings(), master), self.job_name)
-        self.conf = {**args["conf"], **(self.conf or {})}
+        self.conf = {**args["conf"], **self._given_conf}
         self.jars = args["jars"]
-        self.env_vars = {**args["env_vars"], **(self.env_vars or {})}
+        self.env_vars = {**args["env_vars"], **self._given_env_vars}
         self.name = args["name"]
         self._spark_binary = self._spark_binary or args["spark_binary"]
-        self.application_args = ["--as-of", run_as_of(context).isoformat(), *(self.application_args or [])]
+        self.application_args = with_as_of(self.application_args, run_as_of(context).isoformat())
         self.log.info("%s on master %s (connection %s, pool %s)", self.module, master, self._conn_id, self.pool)
         super().execute(context)
+
+
+def with_as_of(args: Sequence[str] | None, as_of: str) -> list[str]:
+    """``--as-of <as_of>`` then ``args`` without any ``--as-of`` pair an earlier try put there."""
+    rest, given = [], list(args or [])
+    i = 0
+    while i < len(given):
+        if given[i] == "--as-of":
+            i += 2
+            continue
+        rest.append(given[i])
+        i += 1
+    return ["--as-of", as_of, *rest]
 
 
 def spark_submit_task(

@@ -238,19 +238,28 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def task_states(settings: DarkroomSettings, dag_id: str, run_id: str) -> dict[str, str]:
+    """task_id -> state (``none`` when never set) of one run of ``dag_id`` in the settings' Airflow DB."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_db_path(settings)) as db:
+        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
+        return {t: s or "none" for t, s in rows.fetchall()}
+
+
 def last_dag_run(settings: DarkroomSettings, dag_id: str) -> tuple[str, dict[str, str]]:
     """(state, task_id -> state) of the latest run of ``dag_id`` in the settings' Airflow DB (e.g. after
     ``run_dag_test``)."""
     import sqlite3
 
     with sqlite3.connect(airflow_db_path(settings)) as db:
-        rows = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,))
-        found = rows.fetchall()
-        if not found:
-            raise LookupError(f"no run of DAG {dag_id!r} in {airflow_db_path(settings)}")
-        [(run_id, state)] = found
-        tasks = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
-        return state, dict(tasks.fetchall())
+        found = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+        ).fetchall()
+    if not found:
+        raise LookupError(f"no run of DAG {dag_id!r} in {airflow_db_path(settings)}")
+    [(run_id, state)] = found
+    return state, task_states(settings, dag_id, run_id)
 
 
 def task_return_value(settings: DarkroomSettings, dag_id: str, task_id: str) -> Any:

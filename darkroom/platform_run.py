@@ -17,7 +17,10 @@ that does not succeed stops the plan: everything after it depends on it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,12 +30,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from darkroom.airflow_env import airflow_db_path, ensure_airflow_db, subprocess_env
+from darkroom.airflow_env import ensure_airflow_db, subprocess_env, task_states
 from darkroom.settings import DarkroomSettings
 from darkroom.tables import utc
 
-# The daily chain behind dbt_build, in the order the assets trigger them.
-DAILY = ("storage_tiering", "fanout_threshold_tuning", "feature_materialize", "story_expiry")
+# The daily DAGs after dbt_build, in the order their assets trigger them: story_expiry runs on ingest's
+# bronze.stories, so it is done before the build's marts trigger storage_tiering, whose compaction then reclaims the
+# day's expired stories in the same run (and a re-run of the day finds nothing more to compact).
+DAILY = ("story_expiry", "storage_tiering", "fanout_threshold_tuning", "feature_materialize")
 WEEKLY = ("blob_scrub", "ranker_weekly", "two_tower_weekly")
 # What the hourly dbt build rebuilds: the labels the fine-tune trains on and the story-ring signals the publish reads
 # as of the hour, with what they are made of (the other marts feed_publish reads are the day's).
@@ -175,23 +180,25 @@ def run_plan(
     plan_file.write_text(json.dumps([r.as_json() for r in plan], indent=1) + "\n")
     cmd = [sys.executable, "-m", "darkroom.platform_run", "--plan", str(plan_file), "--results", str(results_file)]
     started = time.monotonic()
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
+    try:
+        code = stream_child(
             cmd,
             env=subprocess_env(settings),
             cwd=settings.airflow_home,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
+            log_file=log_file,
+            progress=progress,
+            timeout=timeout,
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if line.startswith("[plan]"):
-                progress(line[len("[plan] ") :].rstrip())
-        code = proc.wait(timeout=timeout)
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
     outcomes = [RunOutcome(**o) for o in json.loads(results_file.read_text())] if results_file.exists() else []
+    if timed_out:
+        raise PlanFailed(
+            f"plan killed over its {timeout:.0f}s timeout after {len(outcomes)} of {len(plan)} runs; the whole output "
+            f"is in {log_file}",
+            outcomes,
+        )
     if code != 0 or len(outcomes) != len(plan) or any(o.state != "success" for o in outcomes):
         bad = next((o for o in outcomes if o.state != "success"), None)
         what = (
@@ -209,15 +216,65 @@ def run_plan(
     return outcomes
 
 
+def stream_child(
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log_file: Path,
+    progress: Callable[[str], None],
+    timeout: float | None = None,
+) -> int:
+    """Run ``cmd``, its whole output to ``log_file`` and its ``[plan]`` lines to ``progress``; its exit code.
+
+    The child gets its own process group: past ``timeout`` seconds, or when the caller is interrupted, the whole group
+    (the plan's Spark JVMs and spark-submits with it) is killed, and a timeout raises :class:`TimeoutError`.
+    """
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            _kill_group(proc)
+
+        watchdog = threading.Timer(timeout, kill) if timeout else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("[plan]"):
+                    progress(line[len("[plan] ") :].rstrip())
+            code = proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            if watchdog:
+                watchdog.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"{cmd[:3]} killed after {timeout}s")
+    return code
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 # --- the child process ------------------------------------------------------------------------------------------------
-def _task_states(settings: DarkroomSettings, dag_id: str, run_id: str) -> dict[str, str]:
-    import sqlite3
-
-    with sqlite3.connect(airflow_db_path(settings)) as db:
-        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
-        return {t: s or "none" for t, s in rows.fetchall()}
-
-
 def _execute(plan: list[PlannedRun], results: Path) -> int:
     import logging
 
@@ -257,7 +314,7 @@ def _execute(plan: list[PlannedRun], results: Path) -> int:
             run_id=run_id,
             state=state,
             seconds=round(time.monotonic() - t0, 1),
-            tasks=_task_states(settings, run.dag_id, run_id) if run_id else {},
+            tasks=task_states(settings, run.dag_id, run_id) if run_id else {},
             error=error,
         )
         outcomes.append(outcome)

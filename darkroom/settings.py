@@ -580,7 +580,12 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> DarkroomSettings:
-    """Load and validate settings; raise SettingsError naming every bad key."""
+    """Load and validate settings; raise SettingsError naming every bad key.
+
+    ``config`` is read for this call only (the process's ``DARKROOM_CONFIG`` is put back afterwards), so one call
+    with a YAML file does not change what every later ``load_settings()`` in the process returns.
+    """
+    before = os.environ.get(CONFIG_ENV)
     if config is not None:
         os.environ[CONFIG_ENV] = str(config)
     try:
@@ -592,3 +597,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> DarkroomSetti
             for err in e.errors()
         )
         raise SettingsError(f"invalid darkroom settings: {problems}") from None
+    finally:
+        if config is not None:
+            if before is None:
+                os.environ.pop(CONFIG_ENV, None)
+            else:
+                os.environ[CONFIG_ENV] = before

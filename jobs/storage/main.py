@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from blobstore.content import media_bytes, stored_size
 from blobstore.maintenance import compact, expire_stories, fsck, scrub
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Stories carry no size in bronze: their media is 200 KB - 2 MB before size_scale, seeded by the story id.
 STORY_BYTES_MIN, STORY_BYTES_SPAN = 200_000, 1_800_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def spark_runner(spark) -> Runner:
@@ -61,7 +62,9 @@ def blob_load(settings: DarkroomSettings, *, as_of: datetime | None = None, spar
     """Materialises bronze's media and stories (bytes from their seeds, size x ``blob.size_scale``) in hot volumes.
 
     Blobs already in the catalog are skipped, so a re-run (or a run after more ingest) stores only what is new.
-    ``as_of`` (default: the newest ``created_at``) is the catalog's ``placed_at`` of what this run stores.
+    Only what was uploaded before ``as_of`` (default: the newest ``created_at``) is stored; a blob's catalog
+    ``placed_at`` is its upload time (``created_at``), not this run's as-of, so the tier age dbt derives from it is
+    the same whether the day's build ran before or after this load.
     """
     from pyspark.sql import functions as F
 
@@ -85,7 +88,8 @@ def blob_load(settings: DarkroomSettings, *, as_of: datetime | None = None, spar
     if as_of is not None:
         media = media.where(F.col("created_at") < F.lit(as_of))
         stories = stories.where(F.col("created_at") < F.lit(as_of))
-    rows = media.unionByName(stories).orderBy("created_at", "id")
+    # The upload time as epoch microseconds: a collected timestamp would come back naive in the local time zone.
+    rows = media.unionByName(stories).orderBy("created_at", "id").withColumn("uploaded_us", F.unix_micros("created_at"))
     newest = rows.agg(F.max("created_at")).collect()[0][0]
     if newest is None:
         return {"written": 0}
@@ -97,7 +101,12 @@ def blob_load(settings: DarkroomSettings, *, as_of: datetime | None = None, spar
         for r in rows.toLocalIterator(prefetchPartitions=True):
             size = stored_size(r["bytes"], scale) if r["kind"] == "media" else story_size(r["id"], scale)
             tick()
-            yield Blob(r["id"], r["kind"], media_bytes(r["content_seed"], size))
+            yield Blob(
+                r["id"],
+                r["kind"],
+                media_bytes(r["content_seed"], size),
+                placed_at=EPOCH + timedelta(microseconds=r["uploaded_us"]),
+            )
 
     t0 = time.monotonic()
     with writer_lock(settings.blob_root, job="blob_load"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,10 @@ def test_week_plan_is_in_logical_time_order_with_every_dag():
     assert monday.index("dbt_build") < monday.index("storage_tiering")
     assert monday.index("ranker_weekly") < monday.index("feed_publish")
     assert monday.index("fanout_threshold_tuning") < monday.index("feed_publish")
+    # story_expiry (on ingest's stories) before the day's compaction in storage_tiering, every day
+    for day in days:
+        dags = [r.dag_id for r in plan if r.logical_date.date() == day]
+        assert dags.index("story_expiry") < dags.index("storage_tiering")
 
 
 def json_conf(r: PlannedRun) -> str:
@@ -74,3 +79,56 @@ def test_backfill_plan_walks_the_range_interval_by_interval():
     ]
     hours = backfill_plan(["ranker_hourly"], MONDAY, MONDAY + timedelta(hours=3), every="hour")
     assert len(hours) == 4
+
+
+_HUNG_PLAN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print("[plan] [1/1] a run that never ends", flush=True)
+print(f"grandchild {child.pid}", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_plan_is_killed_with_its_children_at_the_timeout(tmp_path):
+    """The plan's child and everything it started (JVMs, spark-submits) go when the timeout passes, even while the
+    child prints nothing: the watchdog does not wait for the output to end."""
+    import os
+    import sys
+
+    from darkroom.platform_run import stream_child
+
+    lines: list[str] = []
+    log = tmp_path / "plan.log"
+    with pytest.raises(TimeoutError):
+        stream_child(
+            [sys.executable, "-c", _HUNG_PLAN],
+            env=dict(os.environ),
+            cwd=tmp_path,
+            log_file=log,
+            progress=lines.append,
+            timeout=3,
+        )
+    assert lines == ["[1/1] a run that never ends"]
+    grandchild = int(log.read_text().split("grandchild ")[1].split()[0])
+    # Killed and reaped by its parent's death (init adopts it): either way no longer running.
+    status = Path(f"/proc/{grandchild}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()
+
+
+def test_a_plan_child_streams_its_progress_lines_and_returns_its_code(tmp_path):
+    import os
+    import sys
+
+    from darkroom.platform_run import stream_child
+
+    lines: list[str] = []
+    code = stream_child(
+        [sys.executable, "-c", "print('noise'); print('[plan] one'); print('[plan] two'); raise SystemExit(3)"],
+        env=dict(os.environ),
+        cwd=tmp_path,
+        log_file=tmp_path / "plan.log",
+        progress=lines.append,
+    )
+    assert (code, lines) == (3, ["one", "two"])
+    assert (tmp_path / "plan.log").read_text().splitlines() == ["noise", "[plan] one", "[plan] two"]

@@ -28,6 +28,8 @@ def test_yaml_then_env_override(tmp_path, monkeypatch):
     assert s.spark.master == "spark://10.0.0.5:7077"
     assert s.spark.shuffle_partitions == 64  # env beats YAML
     assert s.world.seed == 3 and s.world.scale == "small"  # untouched keys keep the profile's values
+    # the file was for that call: the next load without one is the profile again
+    assert load_settings().spark.master == "local[*]"
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 from darkroom.dbt_runner import DbtRunSummary, run_dbt
 from darkroom.settings import DarkroomSettings, load_settings
 from darkroom.tables import table
+from tests.model_sizes import RANKER
 
 WORLD_END = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_ONE = WORLD_END - timedelta(days=1)
@@ -88,20 +89,8 @@ def dbt_world(dbt_bronze, spark) -> DbtWorld:
     return DbtWorld(settings=s, as_of=WORLD_END, build=summary, incremental_versions=versions)
 
 
-# The ranker of ``champion_world``: tiny dimensions (as in test_ranker_training.py), one epoch, a week of training.
-CHAMPION_RANKER = {
-    "embedding_dim": 8,
-    "id_buckets": 4096,
-    "multi_buckets": 256,
-    "dense_hidden": [16],
-    "num_experts": 2,
-    "expert_hidden": [16],
-    "tower_hidden": [8],
-    "epochs": 1,
-    "batch_size": 256,
-    "shuffle_buffer_rows": 4096,
-    "train_days": 7,
-}
+# The ranker of ``champion_world``: tiny dimensions, one epoch, a week of training.
+CHAMPION_RANKER = RANKER
 
 
 @dataclass

@@ -19,27 +19,13 @@ import pytest
 from darkroom.airflow_env import last_dag_run, run_dag_test
 from darkroom.settings import load_settings
 from darkroom.tracking import tracking_uri
+from tests.model_sizes import RANKER
 
 pytestmark = pytest.mark.integration
 
 WEEK_AS_OF = datetime(2026, 10, 31, tzinfo=UTC)
 HOUR_AS_OF = datetime(2026, 10, 31, 1, tzinfo=UTC)
-TINY = {
-    "embedding_dim": 8,
-    "id_buckets": 4096,
-    "multi_buckets": 256,
-    "dense_hidden": [16],
-    "num_experts": 2,
-    "expert_hidden": [16],
-    "tower_hidden": [8],
-    "epochs": 2,
-    "batch_size": 256,
-    "shuffle_buffer_rows": 4096,
-    "lgbm_rounds": 20,
-    "train_days": 7,
-    "baseline_max_rows": 20_000,
-    "logreg_hash_buckets": 4096,
-}
+TINY = RANKER | {"epochs": 2}
 POOR = TINY | {"epochs": 1, "learning_rate": 1e-7, "embedding_learning_rate": 1e-7}
 
 

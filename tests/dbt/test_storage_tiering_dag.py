@@ -7,27 +7,17 @@ from __future__ import annotations
 import collections
 import hashlib
 import shutil
-import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from pyspark.sql import functions as F
 
 from blobstore.store import BlobStore
 from blobstore.warm import WarmVolume, XorPair, measure_replication
-from darkroom.airflow_env import airflow_db_path, run_dag_test
+from darkroom.airflow_env import last_dag_run, run_dag_test
 from darkroom.settings import load_settings
 
 DAY = "2026-11-01T00:00:00+00:00"
-
-
-def _tasks(settings, dag_id: str) -> tuple[str, dict[str, str]]:
-    with sqlite3.connect(airflow_db_path(settings)) as db:
-        [(run_id, state)] = db.execute(
-            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-        ).fetchall()
-        tasks = dict(
-            db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
-        )
-    return state, tasks
 
 
 def _files(settings) -> dict[str, str]:
@@ -60,7 +50,7 @@ def storage(dbt_world, tmp_path_factory):
 def test_storage_tiering_moves_bytes_and_a_rerun_changes_nothing(storage, spark):
     proc = run_dag_test(storage, "storage_tiering", DAY)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    state, tasks = _tasks(storage, "storage_tiering")
+    state, tasks = last_dag_run(storage, "storage_tiering")
     assert state == "success", tasks
     assert set(tasks.values()) == {"success"}
     assert sorted(tasks) == sorted(
@@ -86,6 +76,20 @@ def test_storage_tiering_moves_bytes_and_a_rerun_changes_nothing(storage, spark)
     # meta.media_placement (what dbt reads back) follows the catalog.
     placement = spark.read.format("delta").load(str(storage.lake_dir / "meta" / "media_placement"))
     assert {r["media_id"]: r["tier"] for r in placement.collect()} == planned
+    # A blob still where blob_load put it is placed at its upload time, not at the run's as-of: the tier age dbt
+    # derives from placed_at must not depend on whether the day's build ran before or after the load.
+    uploaded = {}
+    for t, key in (("media", "media_id"), ("stories", "story_id")):
+        bronze = spark.read.format("delta").load(str(storage.lake_dir / "bronze" / t))
+        for r in bronze.select(key, F.unix_micros("created_at")).collect():
+            uploaded[r[0]] = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=r[1])
+    hot = [r for r in locations if r["tier"] == "hot"]
+    wrong = [
+        (r["media_id"], r["placed_at"], uploaded[r["media_id"]])
+        for r in hot
+        if r["placed_at"] != uploaded[r["media_id"]]
+    ]
+    assert hot and not wrong, wrong[:5]
     # Warm data costs about 2.1x: 14/10 in the cell plus half of each XOR pair's blocks in the third region.
     warm = [store.warm_volume(r["volume_id"]) for r in store.catalog.rows("volumes") if r["info_json"]]
     pairs = [store.xor_pair(g["xor_group"]) for g in store.catalog.rows("xor_groups")]
@@ -101,7 +105,7 @@ def test_storage_tiering_moves_bytes_and_a_rerun_changes_nothing(storage, spark)
     before = (store.catalog.snapshot(), _files(storage), _tier_decisions(spark, storage))
     proc = run_dag_test(storage, "storage_tiering", DAY)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    assert _tasks(storage, "storage_tiering")[0] == "success"
+    assert last_dag_run(storage, "storage_tiering")[0] == "success"
     after = (BlobStore(storage).catalog.snapshot(), _files(storage), _tier_decisions(spark, storage))
     assert after[0] == before[0]
     assert after[1] == before[1]

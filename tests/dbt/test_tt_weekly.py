@@ -24,25 +24,13 @@ from darkroom.redis_server import LocalRedisServer
 from darkroom.settings import load_settings
 from darkroom.tables import table
 from darkroom.tracking import tracking_uri
+from tests.model_sizes import TWO_TOWER
 
 pytestmark = pytest.mark.integration
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 BATCH = "20261101T0000Z"
-TT = {
-    "id_buckets": 4096,
-    "embedding_dim": 16,
-    "output_dim": 32,
-    "hidden": [32],
-    "batch_size": 256,
-    "train_days": 7,
-    "eval_ks": [10, 50, 100],
-    "eval_max_users": 2000,
-    "index_queries": 200,
-    "retrieve_k": 100,
-    "score_k": 40,
-    "explore_size": 20,
-}
+TT = TWO_TOWER
 POOR = TT | {"learning_rate": 1e-7, "embedding_learning_rate": 1e-7}
 
 

@@ -9,7 +9,7 @@ A world is generated and ingested into a bronze of the benchmark's own (not time
 fraction of a full build). Wall times include the child's Spark start-up, which both pay once; the sum of dbt's
 own node timings is reported beside them.
 
-Full: the ``small`` world with ``HISTORY_DAYS`` (90) days of events unless ``world.days`` asks for more, and the
+Full: the ``medium`` world with ``HISTORY_DAYS`` (90) days of events unless ``world.days`` asks for more, and the
 whole project. 90 days is the longest window the marts read (the affinity's decay window, the tiering's 90-day
 access rate and cold threshold): with less history a full build is not yet the steady-state job it is in
 production, and the ratio flatters neither side. ``--quick``: the tiny world, only the media datasets and
@@ -53,7 +53,7 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     from jobs.generate.main import generate
     from jobs.ingest.main import ingest_landing
 
-    scale = "tiny" if quick else "small"
+    scale = "tiny" if quick else "medium"
     seed = settings.world.seed
     work = settings.state_dir / "bench" / "dbt_build"
     days = settings.world.days if quick else max(settings.world.days or 0, HISTORY_DAYS)

@@ -1,7 +1,7 @@
-"""Fan-out tuning: the job's time on the ``small`` world's graph and on a generated graph of >= 100M edges (edges
+"""Fan-out tuning: the job's time on the ``medium`` world's graph and on a generated graph of >= 100M edges (edges
 per second), and the Redis replay's events per second.
 
-1. ``small`` (not timed: generate users/follows/posts/feed_reads, ingest, ``dbt build`` of the two marts as of the
+1. ``medium`` (not timed: generate users/follows/posts/feed_reads, ingest, ``dbt build`` of the two marts as of the
    world's end): timed, ``jobs.fanout_threshold.main.tune`` as the DAG runs it (graph check, cost curve, budgets,
    four policies, the Delta tables, report and MLflow run), then ``validate_by_replay`` (the last day through a
    local redis-server under T*, pure push and pure pull).
@@ -165,11 +165,11 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     work = settings.state_dir / "bench" / "fanout"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    # 100M edges: a bigger heap and more shuffle partitions than the small-world default (sorts spill less)
+    # 100M edges: a bigger heap and more shuffle partitions than the medium-world default (sorts spill less)
     sized = settings.spark.model_copy(update={"driver_memory": "4g" if quick else "14g"} | SHUFFLE[quick])
     st = settings.model_copy(update={"state_dir": work, "jars_path": settings.jars_dir, "spark": sized})
     spark = get_spark(st, "bench-fanout")
-    small = None if quick else _small_world(spark, st)
+    medium = None if quick else _medium_world(spark, st)
     t0 = time.perf_counter()
     made = _generated_graph(spark, work / "graph", size["users"], size["edges"])
     print(f"[bench fanout] generated graph: {made['edges']:,} edges in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -197,12 +197,12 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
         result["replay"] = _quick_replay(st, work / "graph")
         spark.stop()
         return result
-    result["small"] = small
+    result["medium"] = medium
     spark.stop()
     return result
 
 
-def _small_world(spark, st: DarkroomSettings) -> dict:
+def _medium_world(spark, st: DarkroomSettings) -> dict:
     from darkroom.dbt_runner import run_dbt
     from darkroom.redis_server import LocalRedisServer
     from jobs.fanout_threshold.main import tune, validate_by_replay
@@ -210,7 +210,7 @@ def _small_world(spark, st: DarkroomSettings) -> dict:
     from jobs.ingest.main import ingest_landing
 
     t0 = time.perf_counter()
-    generate(st, scale="small", seed=st.world.seed, days=None, out_dir=st.landing_dir, spark=spark, datasets=DATASETS)
+    generate(st, scale="medium", seed=st.world.seed, days=None, out_dir=st.landing_dir, spark=spark, datasets=DATASETS)
     ingest_landing(st, with_report=False, datasets=DATASETS)
     # dbt compiles every staging view: the datasets the fan-out marts do not read exist, empty
     from darkroom import lake
@@ -221,7 +221,7 @@ def _small_world(spark, st: DarkroomSettings) -> dict:
             lake.ensure_table(spark, dataset_table(d), st)
     as_of = st.world.end.replace(tzinfo=UTC)
     run_dbt(st, "build", select=MART_SELECT, full_refresh=True, as_of=as_of)
-    print(f"[bench fanout] small world ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(f"[bench fanout] medium world ready in {time.perf_counter() - t0:.0f}s", flush=True)
     t0 = time.perf_counter()
     tuned = tune(st, as_of, spark)
     tune_s = time.perf_counter() - t0

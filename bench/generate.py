@@ -1,4 +1,4 @@
-"""Generator throughput: rows per second per dataset of the synthetic world (``small``; ``tiny`` with --quick),
+"""Generator throughput: rows per second per dataset of the synthetic world (``medium``; ``tiny`` with --quick),
 against copying the same Parquet rows (read + write with the same session, the I/O floor) in the same run.
 ``ratio`` = generator rows/s over copy rows/s: below 1, generation costs more than moving the bytes."""
 
@@ -14,7 +14,7 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     from darkroom.spark import get_spark
     from jobs.generate.main import generate
 
-    scale = "tiny" if quick else "small"
+    scale = "tiny" if quick else "medium"
     seed = settings.world.seed
     work = settings.state_dir / "bench" / "generate"
     shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ def run(settings: DarkroomSettings, *, quick: bool) -> dict:
     from jobs.generate.main import generate
     from jobs.ingest.main import ingest
 
-    scale = "tiny" if quick else "small"
+    scale = "tiny" if quick else "medium"
     seed = settings.world.seed
     work = settings.state_dir / "bench" / "ingest"
     shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The multi-task ranker: training throughput, batch scoring, and the quality table against baselines and oracle.
 
-Full (``small`` world): the weekly retrain exactly as ``darkroom ranker retrain`` runs it (point-in-time training set
+Full (``medium`` world): the weekly retrain exactly as ``darkroom ranker retrain`` runs it (point-in-time training set
 of the last ``ranker.train_days`` days, the MMoE at the settings' dimensions, the last day held out, logistic
 regression and LightGBM on the same features and split, the generator's oracle), then, on the same training rows:
 - ``ratio``: examples/s with sparse embedding gradients (``sparse_adam``, the default) over examples/s with dense
@@ -39,9 +39,9 @@ HEADS = ("like", "comment", "save", "share", "follow", "hide", "dwell")
 
 
 def _world(spark, st: DarkroomSettings) -> dict:
-    """The small world with the ranker's marts, built once and reused while world.json matches."""
+    """The medium world with the ranker's marts, built once and reused while world.json matches."""
     marker = st.state_dir / "world.json"
-    want = {"scale": "small", "seed": st.world.seed}
+    want = {"scale": "medium", "seed": st.world.seed}
     if marker.exists():
         have = json.loads(marker.read_text())
         if {k: have.get(k) for k in want} == want:
@@ -52,7 +52,7 @@ def _world(spark, st: DarkroomSettings) -> dict:
     from jobs.ingest.main import ingest_landing
 
     t0 = time.perf_counter()
-    generate(st, scale="small", seed=st.world.seed, days=st.world.days, out_dir=st.landing_dir, spark=spark)
+    generate(st, scale="medium", seed=st.world.seed, days=st.world.days, out_dir=st.landing_dir, spark=spark)
     ingest_landing(st, with_report=False)
     as_of = st.world.end.replace(tzinfo=UTC)
     run_dbt(st, "run", select=RANKER_MARTS, full_refresh=True, as_of=as_of)

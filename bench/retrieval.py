@@ -1,7 +1,7 @@
 """Two-tower retrieval: training examples/s (sparse against dense Adam) and the FAISS index sweep against exact search.
 
 Measured here (issue 7):
-- the quality table (full only): the weekly run exactly as ``darkroom two-tower train`` runs it, on the ``small``
+- the quality table (full only): the weekly run exactly as ``darkroom two-tower train`` runs it, on the ``medium``
   world of ``bench/dbt_build`` (its bronze and marts, linked read-only into ``<state>/bench/retrieval``; run that
   bench first): recall@K and NDCG@K on the held-out last day for exact search over the model's embeddings, the
   chosen ANN index and the popularity baseline; then the champion's embeddings of the live posts and active users
@@ -144,7 +144,7 @@ WORLD_TABLES = (
 
 
 def _quality(settings: DarkroomSettings, progress) -> dict:
-    """The weekly run, the embeddings and the index on the small world of bench/dbt_build."""
+    """The weekly run, the embeddings and the index on the medium world of bench/dbt_build."""
     import shutil
     from dataclasses import asdict
     from datetime import UTC, datetime
@@ -157,7 +157,7 @@ def _quality(settings: DarkroomSettings, progress) -> dict:
     marker = json.loads((source / "bronze.json").read_text()) if (source / "bronze.json").exists() else None
     missing = [t for t in WORLD_TABLES if not (source / "lake" / t / "_delta_log").is_dir()]
     if marker is None or missing:
-        return {"skipped": f"no small world in {source} (missing {missing}): run `darkroom bench dbt_build` first"}
+        return {"skipped": f"no medium world in {source} (missing {missing}): run `darkroom bench dbt_build` first"}
     work = settings.state_dir / "bench" / "retrieval"
     if work.exists():
         shutil.rmtree(work)  # a fresh registry and examples table: the run is the first model, as in production

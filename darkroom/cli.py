@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -36,7 +37,7 @@ def _world(settings: DarkroomSettings, scale, seed, days) -> dict:
 
 @app.command()
 def generate(
-    scale: Annotated[str | None, typer.Option(help="tiny | small | large (default: world.scale)")] = None,
+    scale: Annotated[str | None, typer.Option(help="tiny | small | medium | large (default: world.scale)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: world.seed)")] = None,
     days: Annotated[int | None, typer.Option(help="days of event logs ending at world.end")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="landing folder (default: <state>/landing)")] = None,
@@ -47,8 +48,8 @@ def generate(
 
     settings = _settings(config)
     world = _world(settings, scale, seed, days)
-    if world["scale"] not in ("tiny", "small", "large"):
-        raise typer.BadParameter(f"--scale must be tiny, small or large, got {world['scale']!r}")
+    if world["scale"] not in ("tiny", "small", "medium", "large"):
+        raise typer.BadParameter(f"--scale must be tiny, small, medium or large, got {world['scale']!r}")
     counts = run(settings, out_dir=out, **world)
     typer.echo(f"generated {sum(counts.values()):,} rows in {len(counts)} datasets -> {out or settings.landing_dir}")
 
@@ -141,6 +142,7 @@ def demo(
     from darkroom.platform_run import PlanFailed, run_plan, week_plan
     from darkroom.redis_server import LocalRedisServer
     from jobs.generate.main import generate as run_generate
+    from jobs.generate.transform import SCALES
 
     base = _settings(config)
     world = _world(base, scale, seed, None)
@@ -152,10 +154,22 @@ def demo(
         f"{first_day:%Y-%m-%d} and {hours} hourly chain(s); state in {base.state_dir}"
     )
     marker = base.landing_dir / "_world.json"
-    wanted = json.dumps(world, sort_keys=True)
+    # The scale's parameters too: a scale whose numbers changed is another world.
+    wanted = json.dumps({**world, "parameters": asdict(SCALES[world["scale"]])}, sort_keys=True)
     if marker.exists() and marker.read_text().strip() == wanted:
         typer.echo(f"== 1/3 generate: {base.landing_dir} already holds this world (delete {marker.name} to regenerate)")
     else:
+        derived = [p for p in (base.lake_dir, base.blob_root) if p.is_dir() and any(p.iterdir())]
+        if derived:
+            typer.secho(
+                f"the state folder {base.state_dir} holds tables or blobs of another world than {world} "
+                f"({', '.join(map(str, derived))}; landing marker {marker}: "
+                f"{marker.read_text().strip() if marker.exists() else 'absent'}); a new world would mix with them. "
+                "Run `make clean` (keeps the jars) or point DARKROOM_STATE_DIR at an empty folder.",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(2)
         typer.echo("== 1/3 generate")
         run_generate(base, out_dir=None, **world)
         marker.write_text(wanted + "\n")

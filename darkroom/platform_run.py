@@ -42,6 +42,10 @@ WEEKLY = ("blob_scrub", "ranker_weekly", "two_tower_weekly")
 # What the hourly dbt build rebuilds: the labels the fine-tune trains on and the story-ring signals the publish reads
 # as of the hour, with what they are made of (the other marts feed_publish reads are the day's).
 HOURLY_SELECT = "+fct_engagement_labels +fct_story_ring_signals"
+# What the build of a day with no ingest before it rebuilds: bronze has not changed since the last build that tested
+# the staging views (the week's landing drop is ingested on its first day), so the day re-states intermediate and
+# marts as of its midnight, with their tests and the tests of what the blob store changed (meta.media_placement).
+QUIET_DAY_SELECT = "source:meta intermediate marts"
 # A line every this many seconds while a run is under way (a dbt build at small takes minutes).
 HEARTBEAT_SECONDS = 30.0
 
@@ -94,15 +98,20 @@ class PlanFailed(RuntimeError):
         self.outcomes = outcomes
 
 
-def day_chain(day: datetime, *, weekly: bool) -> list[PlannedRun]:
-    """One day's runs as of midnight ``day``: the daily build, then what its marts trigger, the weekly DAGs on a
-    week's first day, and a feed publish on the day's fan-out policy and the ranker's champion."""
-    runs = [PlannedRun("dbt_build", day, why="daily: bronze -> marts as of midnight")]
+def day_chain(day: datetime, *, weekly: bool, publish: bool, select: str | None = None) -> list[PlannedRun]:
+    """One day's runs as of midnight ``day``: the daily build (of ``select``, else the whole project), then what its
+    marts trigger, the weekly DAGs on a week's first day, and (``publish``) a feed publish on the day's fan-out
+    policy and the ranker's champion."""
+    if select:
+        runs = [PlannedRun("dbt_build", day, {"select": select}, why="daily, no new bronze: marts as of midnight")]
+    else:
+        runs = [PlannedRun("dbt_build", day, why="daily: bronze -> marts as of midnight")]
     runs += [PlannedRun(d, day, why="daily, on the day's marts") for d in DAILY]
     if weekly:
         runs += [PlannedRun(d, day, why="weekly") for d in WEEKLY]
-    why = "after the weekly retrain and the day's fan-out policy" if weekly else "after the day's fan-out policy"
-    runs.append(PlannedRun("feed_publish", day, why=why))
+    if publish:
+        why = "after the weekly retrain and the day's fan-out policy" if weekly else "the week's last fan-out policy"
+        runs.append(PlannedRun("feed_publish", day, why=why))
     return runs
 
 
@@ -118,16 +127,26 @@ def hour_chain(hour: datetime) -> list[PlannedRun]:
 
 def week_plan(first_day: datetime, *, days: int = 7, hours: int = 2) -> list[PlannedRun]:
     """A simulated week from midnight ``first_day``: the landing drop ingested, then ``days`` daily chains in
-    logical-time order, the weekly DAGs on the first day and ``hours`` hourly chains after it."""
+    logical-time order, the weekly DAGs on the first day and ``hours`` hourly chains after it.
+
+    ``feed_publish`` runs where its schedule (the ranker's champion) triggers it: after the weekly retrain and after
+    each hourly fine-tune; and once more on the last day, so what the week leaves in Redis is on its last fan-out
+    policy. The days between publish nothing (no new champion). Only the first day ingests (the world's landing
+    drop; the hourly ingests find nothing new), so the later days' builds are of ``QUIET_DAY_SELECT``.
+    """
     start = utc(first_day)
     if start.time() != datetime.min.time():
         raise ValueError(f"first_day must be a midnight UTC, got {start.isoformat()}")
     if days < 1 or hours < 0:
         raise ValueError(f"expected days >= 1 and hours >= 0, got days={days} hours={hours}")
     plan = [PlannedRun("ingest", start, why="the landing drop (the generated world) into bronze")]
-    plan += day_chain(start, weekly=True)
+    plan += day_chain(start, weekly=True, publish=True)
     plan += [r for h in range(1, hours + 1) for r in hour_chain(start + timedelta(hours=h))]
-    plan += [r for d in range(1, days) for r in day_chain(start + timedelta(days=d), weekly=False)]
+    plan += [
+        r
+        for d in range(1, days)
+        for r in day_chain(start + timedelta(days=d), weekly=False, publish=d == days - 1, select=QUIET_DAY_SELECT)
+    ]
     return plan
 
 

@@ -54,7 +54,7 @@ class SparkSettings(_Strict):
 
 
 class WorldSettings(_Strict):
-    scale: Literal["tiny", "small", "large"] = "small"
+    scale: Literal["tiny", "small", "medium", "large"] = "small"
     seed: int = 42
     days: int | None = Field(None, ge=1, le=366, description="days of event logs; default per scale")
     # The world's clock stops here: no wall-clock time enters generated data.
@@ -222,7 +222,7 @@ class RankerSettings(_Strict):
         28,
         ge=2,
         le=90,
-        description="the weekly retrain's window: the last N days (holdout included); at small, 28 days beat 7 on "
+        description="the weekly retrain's window: the last N days (holdout included); at medium, 28 days beat 7 on "
         "every head (bench/ranker)",
     )
     finetune_hours: float = Field(

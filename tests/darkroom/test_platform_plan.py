@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -25,15 +24,29 @@ def test_week_plan_is_in_logical_time_order_with_every_dag():
         assert [r.logical_date for r in plan if r.dag_id == dag] == [MONDAY]
     hourly = [r for r in plan if r.dag_id == "ranker_hourly"]
     assert [r.logical_date for r in hourly] == [MONDAY + timedelta(hours=1), MONDAY + timedelta(hours=2)]
-    # the hourly dbt build rebuilds only what the fine-tune reads; the daily one the whole project
-    assert {json_conf(r) for r in plan if r.dag_id == "dbt_build" and r.logical_date.hour} == {
-        '{"select": "+fct_engagement_labels +fct_story_ring_signals"}'
+    # the hourly dbt build rebuilds only what the fine-tune reads; Monday's (after the ingest) the whole project;
+    # the later days' (no new bronze) intermediate and marts, and the tests of the blob store's placement table
+    builds = {r.logical_date: json_conf(r) for r in plan if r.dag_id == "dbt_build"}
+    assert {c for t, c in builds.items() if t.hour} == {'{"select": "+fct_engagement_labels +fct_story_ring_signals"}'}
+    assert builds[MONDAY] == "null"
+    assert {c for t, c in builds.items() if t.date() > MONDAY.date()} == {
+        '{"select": "source:meta intermediate marts"}'
     }
     # within a day: the build first, the weekly trainings before the publish that reads their champion
     monday = [r.dag_id for r in plan if r.logical_date == MONDAY]
     assert monday.index("dbt_build") < monday.index("storage_tiering")
     assert monday.index("ranker_weekly") < monday.index("feed_publish")
     assert monday.index("fanout_threshold_tuning") < monday.index("feed_publish")
+    # feed_publish where its schedule (the ranker's champion) fires: after the weekly retrain and each fine-tune;
+    # and on the week's last day, on its last fan-out policy
+    assert [r.logical_date for r in plan if r.dag_id == "feed_publish"] == [
+        MONDAY,
+        MONDAY + timedelta(hours=1),
+        MONDAY + timedelta(hours=2),
+        MONDAY + timedelta(days=6),
+    ]
+    published = [i for i, r in enumerate(plan) if r.dag_id == "feed_publish"]
+    assert all(plan[i - 1].dag_id in ("two_tower_weekly", "ranker_hourly", "feature_materialize") for i in published)
     # story_expiry (on ingest's stories) before the day's compaction in storage_tiering, every day
     for day in days:
         dags = [r.dag_id for r in plan if r.logical_date.date() == day]
@@ -94,6 +107,7 @@ def test_a_hung_plan_is_killed_with_its_children_at_the_timeout(tmp_path):
     """The plan's child and everything it started (JVMs, spark-submits) go when the timeout passes, even while the
     child prints nothing: the watchdog does not wait for the output to end."""
     import os
+    import select
     import sys
 
     from darkroom.platform_run import stream_child
@@ -111,9 +125,16 @@ def test_a_hung_plan_is_killed_with_its_children_at_the_timeout(tmp_path):
         )
     assert lines == ["[1/1] a run that never ends"]
     grandchild = int(log.read_text().split("grandchild ")[1].split()[0])
-    # Killed and reaped by its parent's death (init adopts it): either way no longer running.
-    status = Path(f"/proc/{grandchild}/status")
-    assert not status.exists() or "State:\tZ" in status.read_text()
+    # SIGKILL is delivered asynchronously: wait on the grandchild's pidfd, which becomes readable when it exits.
+    try:
+        pidfd = os.pidfd_open(grandchild)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        readable, _, _ = select.select([pidfd], [], [], 60)
+    finally:
+        os.close(pidfd)
+    assert readable, f"the plan's grandchild {grandchild} is still running after the timeout killed the plan"
 
 
 def test_a_plan_child_streams_its_progress_lines_and_returns_its_code(tmp_path):
@@ -132,3 +153,20 @@ def test_a_plan_child_streams_its_progress_lines_and_returns_its_code(tmp_path):
     )
     assert (code, lines) == (3, ["one", "two"])
     assert (tmp_path / "plan.log").read_text().splitlines() == ["noise", "[plan] one", "[plan] two"]
+
+
+def test_demo_refuses_a_state_folder_holding_another_world(tmp_path):
+    """The demo generates its world into the state folder's landing: over tables or blobs made from another world
+    (or another scale's numbers) it would mix the two, so it stops first, naming the folder and what to do."""
+    from typer.testing import CliRunner
+
+    from darkroom.cli import app
+
+    state = tmp_path / "state"
+    (state / "lake" / "bronze").mkdir(parents=True)
+    (state / "landing").mkdir()
+    (state / "landing" / "_world.json").write_text('{"scale": "small", "seed": 42, "days": null}\n')  # no parameters
+    result = CliRunner().invoke(app, ["demo", "--days", "1", "--hours", "0"], env={"DARKROOM_STATE_DIR": str(state)})
+    assert result.exit_code == 2, result.output
+    assert "holds tables or blobs of another world" in result.output and "make clean" in result.output
+    assert not (state / "landing" / "users").exists()  # nothing generated

@@ -108,7 +108,7 @@ def test_follower_counts_follow_a_power_law(read):
     The model's tail exponent is 1 + 1/s = 2.67 for the Zipf exponent s = 0.6. x_min = 50 is about twice the median,
     in the tail. At tiny scale (2,000 users) the largest accounts saturate (a follower draws an account at most
     once; the top one is followed by ~30% of users), which steepens the fitted tail: seeds 7-9 fit 2.98-3.01, and
-    small scale (100,000 users) fits 2.80-2.86 for x_min 300-500. Hence the tolerance 2.67 +- 0.5.
+    medium scale (100,000 users) fits 2.80-2.86 for x_min 300-500. Hence the tolerance 2.67 +- 0.5.
     """
     users, follows = read("users"), read("follows")
     followers = (

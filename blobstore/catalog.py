@@ -13,8 +13,10 @@ JVM; Spark jobs and dbt read the same tables by path. Tables under ``<lake>/blob
 - ``packs``: cold packs, their copies and checksums.
 
 Every upsert writes only rows that differ from what is stored, so a re-run that changes nothing commits nothing and
-the tables stay identical. ``meta.media_placement`` (media_id, tier, placed_at), which dbt reads for each media's
-current tier, is kept in step by :meth:`Catalog.sync_placement`.
+the tables stay identical. ``meta.media_placement`` (media_id, tier, placed_at), kept in step by
+:meth:`Catalog.sync_placement`, is each media's placement *history*, one row per (media, placed_at): dbt reads each
+media's latest placement before a run's as-of, so a day's marts do not depend on whether that day's own moves had
+already been made (a re-run of the day after its tiering builds the same rows).
 """
 
 from __future__ import annotations
@@ -190,29 +192,44 @@ class Catalog:
         return max(floor, (pc.max(ids).as_py() or 0) + 1) if len(ids) else floor
 
     def sync_placement(self) -> int:
-        """Brings ``meta.media_placement`` in line with ``media_locations`` (post media only); returns rows written."""
+        """Records in ``meta.media_placement`` every post media whose ``media_locations`` (tier, placed_at) is not
+        its latest placement there; returns rows written. A placement at a (media, placed_at) already recorded
+        replaces that row's tier (a media moved twice at one logical time: the last move stands)."""
         self.ensure()
         want = self.read("media_locations", match(kind="media"), ["media_id", "tier", "placed_at"])
-        have = DeltaTable(str(self.placement_path)).to_pyarrow_table()
-        have_map = {r["media_id"]: (r["tier"], r["placed_at"]) for r in have.to_pylist()}
-        changed = [r for r in want.to_pylist() if have_map.get(r["media_id"]) != (r["tier"], r["placed_at"])]
+        latest = self.current_placement()
+        changed = [r for r in want.to_pylist() if latest.get(r["media_id"]) != (r["tier"], r["placed_at"])]
         if not changed:
             return 0
         source = pa.Table.from_pylist(changed, schema=PLACEMENT_SCHEMA)
         (
             DeltaTable(str(self.placement_path))
-            .merge(source, "t.media_id = s.media_id", source_alias="s", target_alias="t")
+            .merge(
+                source,
+                "t.media_id = s.media_id AND t.placed_at = s.placed_at",
+                source_alias="s",
+                target_alias="t",
+            )
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
         )
         return len(changed)
 
+    def current_placement(self) -> dict[int, tuple[str, object]]:
+        """media_id -> (tier, placed_at) of its latest row in ``meta.media_placement``."""
+        rows = DeltaTable(str(self.placement_path)).to_pyarrow_table().to_pylist()
+        out: dict[int, tuple[str, object]] = {}
+        for r in sorted(rows, key=lambda r: (r["media_id"], r["placed_at"])):
+            out[r["media_id"]] = (r["tier"], r["placed_at"])
+        return out
+
     def snapshot(self) -> dict[str, list[dict]]:
         """Every catalog table's rows, sorted by key: what idempotency tests compare."""
         out = {name: sorted(self.rows(name), key=lambda r, k=KEYS[name]: r[k]) for name in SCHEMAS}
         out["media_placement"] = sorted(
-            DeltaTable(str(self.placement_path)).to_pyarrow_table().to_pylist(), key=lambda r: r["media_id"]
+            DeltaTable(str(self.placement_path)).to_pyarrow_table().to_pylist(),
+            key=lambda r: (r["media_id"], r["placed_at"]),
         )
         return out
 

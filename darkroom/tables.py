@@ -251,7 +251,7 @@ def _registry() -> dict[str, Table]:
     )
     # Written by the blob catalog (storage tiering); dbt reads it for each media's current tier.
     tables["meta.media_placement"] = Table(
-        name="media_placement", layer="meta", key=("media_id",), _schema_ddl=PLACEMENT_DDL
+        name="media_placement", layer="meta", key=("media_id", "placed_at"), _schema_ddl=PLACEMENT_DDL
     )
     # The blob catalog (blobstore/catalog.py writes it with delta-rs; Spark reads it) and the tier plan.
     tables["blob_catalog.media_locations"] = Table(

@@ -63,8 +63,7 @@ def test_a_cold_read_restores_the_media_to_hot(store):
     assert loc["volume_id"] in store.hot_volume_ids()
     assert store.read_location(loc) == original(COLD_ID)
     assert store.get(COLD_ID) == original(COLD_ID)
-    placement = {r["media_id"]: r["tier"] for r in store.catalog.snapshot()["media_placement"]}
-    assert placement[COLD_ID] == "hot"
+    assert store.catalog.current_placement()[COLD_ID][0] == "hot"
     assert {k: v for k, v in file_hashes(store).items() if "/cold/" in k} == pack_files  # packs are immutable
     assert COLD_ID in {e.media_id for e in store.pack(pack_id).entries}
     assert fsck(store) == []

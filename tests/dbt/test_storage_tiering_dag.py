@@ -73,9 +73,13 @@ def test_storage_tiering_moves_bytes_and_a_rerun_changes_nothing(storage, spark)
     # The plan's decisions are what happened: each media sits in its planned target tier.
     planned = {r[0]: r[3] for r in _tier_decisions(spark, storage)}
     assert {r["media_id"]: r["tier"] for r in locations if r["kind"] == "media"} == planned
-    # meta.media_placement (what dbt reads back) follows the catalog.
-    placement = spark.read.format("delta").load(str(storage.lake_dir / "meta" / "media_placement"))
-    assert {r["media_id"]: r["tier"] for r in placement.collect()} == planned
+    # meta.media_placement (what dbt reads back) follows the catalog: each media's latest placement is where it is,
+    # and a moved media keeps its upload's placement before it (the history dbt reads as of a day).
+    placement = spark.read.format("delta").load(str(storage.lake_dir / "meta" / "media_placement")).collect()
+    assert {m: tier for m, (tier, _) in store.catalog.current_placement().items()} == planned
+    history = collections.Counter(r["media_id"] for r in placement)
+    moved = [m for m, tier in planned.items() if tier != "hot"]
+    assert moved and all(history[m] == 2 for m in moved)
     # A blob still where blob_load put it is placed at its upload time, not at the run's as-of: the tier age dbt
     # derives from placed_at must not depend on whether the day's build ran before or after the load.
     uploaded = {}

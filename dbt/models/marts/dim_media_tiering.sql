@@ -23,9 +23,28 @@ media_access_daily as (
 
 ),
 
+placement_history as (
+
+    -- One row per (media, placed_at). Only placements before the as-of are in effect: a move made by this as-of's
+    -- own tiering run (or a later one) is not, so a re-run of a day after its moves builds the same rows.
+    select
+        media_id,
+        tier,
+        placed_at,
+        row_number() over (partition by media_id order by placed_at desc) as recency
+    from {{ source('meta', 'media_placement') }}
+    where placed_at < {{ as_of() }}
+
+),
+
 media_placement as (
 
-    select * from {{ source('meta', 'media_placement') }}
+    select
+        media_id,
+        tier,
+        placed_at
+    from placement_history
+    where recency = 1
 
 ),
 

@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 setup:  ## apt packages (JDK 17 if no java, redis-server, maven), the pinned .venv, the Delta jars; safe to re-run
 	bash scripts/bootstrap.sh
 
-demo: setup  ## the main job on embedded defaults (small world -> contracts -> bronze Delta) and a summary
+demo: setup  ## the main job on embedded defaults: the small world through every DAG over a simulated week, the HTML report
 	$(BIN)/darkroom demo
 
 test: setup  ## the test suite (CI runs exactly this); heavy cases are behind the `heavy` marker
 	$(BIN)/pytest -m "not heavy"
 
-test-heavy: setup  ## the heavy cases only (small world and above)
+test-heavy: setup  ## the heavy cases only (the end-to-end platform test, airflow standalone, ...)
 	$(BIN)/pytest -m heavy
 
 lint:

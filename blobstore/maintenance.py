@@ -327,8 +327,13 @@ def expire_stories(store: BlobStore, stories: Iterable[tuple[int, datetime]], *,
 
 
 def compact(store: BlobStore, *, as_of: datetime, min_garbage_fraction: float = 0.25) -> dict:
-    """Compacts sealed hot volumes whose dead bytes reach the fraction; refreshes their catalog offsets and rows."""
+    """Compacts sealed hot volumes whose dead bytes reach the fraction; refreshes their catalog offsets and rows.
+
+    The open hot volume is sealed first when its dead bytes reach the fraction (see :func:`_seal_open_volume`), so
+    the bytes of media moved out of hot, or of expired stories, do not stay on disk until it happens to fill.
+    """
     done, reclaimed = [], 0
+    opened = _seal_open_volume(store, as_of=as_of, min_garbage_fraction=min_garbage_fraction)
     sealed = sorted(r["volume_id"] for r in store.catalog.rows("volumes", match(kind="hot", state="sealed")))
     for vid in sealed:
         vol = store.hot_volume(vid)
@@ -343,7 +348,28 @@ def compact(store: BlobStore, *, as_of: datetime, min_garbage_fraction: float = 
         _refresh_offsets(store.catalog, store, vid)
     # Every sealed volume's row, not only this run's: a killed run may have compacted some without recording them.
     store.refresh_hot_volume_rows(sealed, as_of)
-    return {"volumes": done, "bytes_reclaimed": reclaimed}
+    return {"volumes": done, "bytes_reclaimed": reclaimed, "sealed_open_volume": opened}
+
+
+def _seal_open_volume(store: BlobStore, *, as_of: datetime, min_garbage_fraction: float) -> int | None:
+    """Marks the open hot volume sealed in the catalog when its dead bytes reach the fraction; returns its id.
+
+    Only the catalog changes here: :func:`compact` then seals the volume on disk (the catalog is the truth) and
+    rewrites it, and the next put opens a new volume. A volume holding a live needle the catalog does not point at
+    (a put killed before recording it) stays open, so that the next put can adopt the needle (``place_hot``).
+    """
+    vid = store.open_hot_volume_id()
+    if vid is None:
+        return None
+    vol = store.hot_volume(vid)
+    if not vol.size or vol.garbage_bytes / vol.size < min_garbage_fraction:
+        return None
+    recorded = {r["media_id"] for r in store.catalog.rows("media_locations", match(tier="hot", volume_id=vid))}
+    if any(needle_id not in recorded for needle_id, _offset, _size in vol.needles()):
+        return None
+    store.catalog.upsert("volumes", [{**store.catalog.get("volumes", vid), "state": "sealed", "updated_at": as_of}])
+    crash_point("compact.open_volume_sealed")
+    return vid
 
 
 def _refresh_offsets(catalog: Catalog, store: BlobStore, volume_id: int) -> None:

@@ -67,7 +67,7 @@ JOBS = {
     "rewrite": lambda store: rewrite_to_warm(store, WARM_IDS, as_of=WARM_AS_OF, run=WARM_RUN),
     "archive": lambda store: archive_to_cold(store, COLD_IDS, as_of=COLD_AS_OF, run=COLD_RUN),
     "restore": lambda store: store.restore(RESTORE_IDS, as_of=RESTORE_AS_OF),
-    "compact": lambda store: compact(store, as_of=COMPACT_AS_OF),  # hot volumes 1-4 hold only tombstoned needles
+    "compact": lambda store: compact(store, as_of=COMPACT_AS_OF),  # volumes 1-4: only dead needles; 5 (open): 60%
 }
 
 

@@ -59,6 +59,7 @@ OTHER_CASES = [
     ("put_hot", "hot.appended"),  # a volume filled and sealed, the next created, nothing recorded
     ("put_hot", "hot.locations_recorded"),  # media rows written, volume rows not
     ("restore", "hot.appended"),  # the open volume sealed, a new one holds the restored needles
+    ("compact", "compact.open_volume_sealed"),  # the open volume sealed in the catalog only
     ("compact", "compact.volume_compacted#2"),
     ("compact", "hot.compact_renamed"),  # one replica at the new generation, two at the old
 ]

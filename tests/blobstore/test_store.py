@@ -211,6 +211,53 @@ def test_stories_expire_at_ttl_plus_grace_and_compaction_reclaims_their_space(st
     assert fsck(store) == []
 
 
+def test_the_open_hot_volume_is_sealed_and_compacted_once_its_dead_bytes_reach_the_threshold(store):
+    open_id = store.open_hot_volume_id()
+    vol = store.hot_volume(open_id)
+    live = [n for n, _offset, _size in vol.needles()]
+    size = vol.size
+    assert live and vol.garbage_bytes / size >= 0.25  # the hot media archived to cold left their needles dead
+
+    done = compact(store, as_of=AS_OF)
+
+    assert done["sealed_open_volume"] == open_id and open_id in done["volumes"]
+    assert store.catalog.get("volumes", open_id)["state"] == "sealed" and store.hot_volume(open_id).sealed
+    assert store.hot_volume(open_id).size < size and store.hot_volume(open_id).garbage_bytes == 0
+    assert store.open_hot_volume_id() is None
+    for media_id in MEDIA_IDS:
+        assert store.get(media_id, restore=False) == original(media_id)
+    # the next put opens a new volume; with nothing dead in it, compaction leaves it open
+    store.put_hot([Blob(5000, "media", original(5000))], as_of=AS_OF)
+    new_id = store.catalog.location(5000)["volume_id"]
+    assert new_id != open_id and store.open_hot_volume_id() == new_id
+    assert compact(store, as_of=AS_OF)["sealed_open_volume"] is None
+    assert fsck(store) == []
+
+
+def test_an_open_volume_holding_a_needle_no_row_points_at_stays_open_until_a_put_adopts_it(tmp_path):
+    store = open_store(tmp_path / "state")
+    old = AS_OF - timedelta(days=2)
+    stories = [1000 + i for i in range(4)]
+    store.put_hot([Blob(sid, "story", original(sid)) for sid in stories], as_of=old)
+    expire_stories(store, [(sid, old) for sid in stories], as_of=AS_OF)
+    open_id = store.open_hot_volume_id()
+    vol = store.hot_volume(open_id)
+    vol.append(7, original(7))  # what a put killed before recording its rows leaves behind
+    vol.checkpoint()
+    assert vol.garbage_bytes / vol.size >= 0.25
+
+    assert compact(store, as_of=AS_OF)["sealed_open_volume"] is None
+    assert store.catalog.get("volumes", open_id)["state"] == "open"
+    assert store.put_hot([Blob(7, "media", original(7))], as_of=AS_OF) == 0  # adopted, not appended again
+    assert store.catalog.location(7)["volume_id"] == open_id
+
+    done = compact(store, as_of=AS_OF)
+
+    assert done["sealed_open_volume"] == open_id and done["volumes"] == [open_id]
+    assert store.get(7, restore=False) == original(7)
+    assert fsck(store) == []
+
+
 def test_fsck_names_an_orphan_file_a_missing_block_and_a_row_pointing_nowhere(store):
     assert fsck(store) == []
     orphan = "eu/cell-0/rack-05/m-1/warm/vol-00000077.blk05"

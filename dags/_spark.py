@@ -31,8 +31,8 @@ def job_file(module: str) -> Path:
 class DarkroomSparkSubmitOperator(SparkSubmitOperator):
     """``SparkSubmitOperator`` for a darkroom job module (``jobs.<job>.main``, whose ``main()`` is its CLI).
 
-    When the task runs: the settings are loaded (``load_settings()``, as every task does), the master is resolved from
-    the connection, and ``conf``, ``jars``, ``env_vars``, ``spark_binary`` and ``name`` come from
+    When the task runs: the settings are loaded with the connection's master (``task_settings``, as every task
+    does), and ``conf``, ``jars``, ``env_vars``, ``spark_binary`` and ``name`` come from
     ``darkroom.spark.spark_submit_args`` for that master; the job gets ``--as-of <run_as_of(context)>`` before the
     task's own ``application_args`` (templated: e.g. an upstream task's XCom). Values given to the constructor for
     ``conf`` and ``env_vars`` are laid over the derived ones. Success is the job's exit code 0.
@@ -48,11 +48,11 @@ class DarkroomSparkSubmitOperator(SparkSubmitOperator):
         self._given_env_vars = dict(self.env_vars or {})
 
     def execute(self, context) -> None:
-        from darkroom.settings import load_settings
-        from darkroom.spark import spark_submit_args, with_master
+        from darkroom.spark import spark_submit_args
 
-        master = SparkSubmitHook(conn_id=self._conn_id, spark_binary=self._spark_binary)._connection["master"]
-        args = spark_submit_args(with_master(load_settings(), master), self.job_name)
+        settings = task_settings(self._conn_id)
+        master = settings.spark.master
+        args = spark_submit_args(settings, self.job_name)
         self.conf = {**args["conf"], **self._given_conf}
         self.jars = args["jars"]
         self.env_vars = {**args["env_vars"], **self._given_env_vars}
@@ -61,6 +61,23 @@ class DarkroomSparkSubmitOperator(SparkSubmitOperator):
         self.application_args = with_as_of(self.application_args, run_as_of(context).isoformat())
         self.log.info("%s on master %s (connection %s, pool %s)", self.module, master, self._conn_id, self.pool)
         super().execute(context)
+
+
+def connection_master(conn_id: str = SPARK_CONN_ID) -> str:
+    """The Spark master of an Airflow connection, as ``SparkSubmitHook`` resolves it (the host of a ``spark``
+    connection is the whole master URL: ``local[2]``, ``spark://host:7077``, ``yarn``, ``k8s://...``)."""
+    return SparkSubmitHook(conn_id=conn_id)._connection["master"]
+
+
+def task_settings(conn_id: str = SPARK_CONN_ID):
+    """The settings every task runs with: ``load_settings()`` with ``spark.master`` taken from the ``spark_default``
+    connection. A spark-submitted job gets that master on its command line; a task that runs Spark in its own
+    process (its result is a return value later tasks read, or dbt's session) starts its driver there too, so
+    pointing the connection at a cluster moves every Spark session of the DAGs, not only the submitted ones."""
+    from darkroom.settings import load_settings
+    from darkroom.spark import with_master
+
+    return with_master(load_settings(), connection_master(conn_id))
 
 
 def with_as_of(args: Sequence[str] | None, as_of: str) -> list[str]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import MEDIA_LOCATIONS
 
 
@@ -31,10 +32,9 @@ from dags.assets import MEDIA_LOCATIONS
 def blob_scrub():
     @task(outlets=[MEDIA_LOCATIONS])
     def scrub() -> dict:
-        from darkroom.settings import load_settings
         from jobs.storage.main import blob_fsck, blob_scrub
 
-        settings = load_settings()
+        settings = task_settings()
         report = blob_scrub(settings, run_as_of(get_current_context()))
         if report["unrepairable"]:
             raise RuntimeError(f"blob scrub: unrepairable: {report['unrepairable']}")

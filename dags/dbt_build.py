@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import AssetAny, Param, dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,12 @@ def dbt_build():
     @task(execution_timeout=timedelta(hours=2), outlets=list(MART_ASSETS.values()))
     def build() -> dict:
         from darkroom.dbt_runner import run_dbt
-        from darkroom.settings import load_settings
 
         context = get_current_context()
         params = context["params"]
         as_of = run_as_of(context)
         summary = run_dbt(
-            load_settings(),
+            task_settings(),
             "build",
             select=params["select"].split() or None,
             full_refresh=params["full_refresh"],

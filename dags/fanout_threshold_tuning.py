@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
-from dags._spark import spark_submit_task
+from dags._spark import spark_submit_task, task_settings
 from dags.assets import (
     FANOUT_AUTHOR_MODES,
     FANOUT_INACTIVE_USERS,
@@ -39,12 +39,6 @@ from dags.assets import (
     FCT_AUTHOR_FANOUT_STATS,
     FCT_USER_READ_ACTIVITY,
 )
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -69,7 +63,7 @@ def fanout_threshold_tuning():
 
         context = get_current_context()
         as_of = run_as_of(context)
-        result = tune(_settings(), as_of)
+        result = tune(task_settings(), as_of)
         for asset in (FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS):
             context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
         return {"version": result.version, "threshold": result.threshold, "mlflow_run_id": result.mlflow_run_id}

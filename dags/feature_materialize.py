@@ -20,13 +20,8 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import DIM_POST_FEATURES, DIM_USER_FEATURES, FCT_VIEWER_AUTHOR_AFFINITY
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -46,7 +41,7 @@ def feature_materialize():
         from feature_store.definitions import get_service
         from feature_store.online import materialize as write_online
 
-        settings = _settings()
+        settings = task_settings()
         as_of = run_as_of(get_current_context())
         service = get_service(settings.ranker.feature_service)
         counts = write_online(
@@ -60,7 +55,7 @@ def feature_materialize():
         from feature_store.definitions import get_service
         from feature_store.online import check_consistency as check
 
-        settings = _settings()
+        settings = task_settings()
         as_of = run_as_of(get_current_context())
         spark = get_spark(settings, "feature_materialize")
         since = as_of - timedelta(days=1)

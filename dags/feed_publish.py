@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
-from dags._spark import spark_submit_task
+from dags._spark import spark_submit_task, task_settings
 from dags.assets import (
     RANKER_CHAMPION,
     SERVING_CELEBRITY_POSTS,
@@ -32,12 +32,6 @@ from dags.assets import (
     SERVING_PULL_AUTHORS,
     SERVING_STORY_RINGS,
 )
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -65,7 +59,7 @@ def feed_publish():
 
         from jobs.feed_precompute.main import precompute
 
-        return asdict(precompute(_settings(), run_as_of(get_current_context())))
+        return asdict(precompute(task_settings(), run_as_of(get_current_context())))
 
     story_rings = spark_submit_task("story_rings", "jobs.story_rings.main", outlets=[SERVING_STORY_RINGS])
 
@@ -75,7 +69,7 @@ def feed_publish():
         from serving.keys import batch_id_of
         from serving.publisher import publish_batch, result_dict
 
-        settings = _settings()
+        settings = task_settings()
         batch = batch_id_of(run_as_of(get_current_context()))
         spark = get_spark(settings, "feed_publish")
         return [result_dict(r) for r in publish_batch(spark, settings, batch, ["feed", "stories"])]

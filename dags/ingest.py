@@ -40,6 +40,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from dags._defaults import default_args
+from dags._spark import task_settings
 from dags.assets import ASSETS_BY_DATASET
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,6 @@ def ingest():
     # A skipped upstream (no new file) must not skip its dependants; a failed one stops them.
     @task(execution_timeout=timedelta(minutes=45), trigger_rule="none_failed", multiple_outputs=False)
     def ingest_dataset(dataset: str) -> dict:
-        from darkroom.settings import load_settings
         from data_contracts.suites import ContractValidator
         from jobs.ingest import main as ingest_job
 
@@ -96,7 +96,7 @@ def ingest():
         params = context["params"]
         if dataset not in params["datasets"]:
             raise AirflowSkipException(f"{dataset}: not in params.datasets {params['datasets']}")
-        settings = load_settings()
+        settings = task_settings()
         path = ingest_job.landing_path(settings, dataset, params["landing_dir"])
         if not path.exists():
             raise AirflowSkipException(f"{dataset}: no landing data at {path}")

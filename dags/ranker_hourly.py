@@ -20,13 +20,8 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import FCT_ENGAGEMENT_LABELS, RANKER_CHAMPION
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -44,7 +39,7 @@ def ranker_hourly():
     def finetune() -> dict:
         from ml.ranker.pipeline import finetune as run_finetune
 
-        return run_finetune(_settings(), run_as_of(get_current_context())).summary()
+        return run_finetune(task_settings(), run_as_of(get_current_context())).summary()
 
     finetune()
 

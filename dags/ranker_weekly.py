@@ -24,13 +24,8 @@ from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
 from dags._defaults import week_complete as is_week_complete
+from dags._spark import task_settings
 from dags.assets import FCT_ENGAGEMENT_LABELS, RANKER_CHAMPION
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -53,7 +48,7 @@ def ranker_weekly():
     def retrain() -> dict:
         from ml.ranker.pipeline import retrain as run_retrain
 
-        return run_retrain(_settings(), run_as_of(get_current_context())).summary()
+        return run_retrain(task_settings(), run_as_of(get_current_context())).summary()
 
     week_complete() >> retrain()
 

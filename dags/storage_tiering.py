@@ -34,13 +34,8 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import DIM_MEDIA_TIERING, MEDIA_LOCATIONS, MEDIA_PLACEMENT, TIER_DECISIONS
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 @dag(
@@ -64,13 +59,13 @@ def storage_tiering():
     def blob_load() -> dict:
         from jobs.storage.main import blob_load as run
 
-        return run(_settings(), as_of=run_as_of(get_current_context()))
+        return run(task_settings(), as_of=run_as_of(get_current_context()))
 
     @task(outlets=[TIER_DECISIONS])
     def tiering_plan() -> dict:
         from jobs.tiering_plan.main import plan
 
-        return plan(_settings(), run_as_of(get_current_context())).figures
+        return plan(task_settings(), run_as_of(get_current_context())).figures
 
     @task
     def validate_plan() -> int:
@@ -78,7 +73,7 @@ def storage_tiering():
         from jobs.tiering_plan.main import plan_date_of
         from jobs.tiering_plan.main import validate_plan as validate
 
-        settings = _settings()
+        settings = task_settings()
         return validate(get_spark(settings, "validate_plan"), settings, plan_date_of(run_as_of(get_current_context())))
 
     @task(outlets=[MEDIA_LOCATIONS, MEDIA_PLACEMENT])
@@ -86,26 +81,26 @@ def storage_tiering():
         from jobs.storage.main import ec_rewrite as run
         from jobs.tiering_plan.main import plan_date_of
 
-        return run(_settings(), plan_date_of(run_as_of(get_current_context())))
+        return run(task_settings(), plan_date_of(run_as_of(get_current_context())))
 
     @task(outlets=[MEDIA_LOCATIONS, MEDIA_PLACEMENT])
     def cold_archive() -> dict:
         from jobs.storage.main import cold_archive as run
         from jobs.tiering_plan.main import plan_date_of
 
-        return run(_settings(), plan_date_of(run_as_of(get_current_context())))
+        return run(task_settings(), plan_date_of(run_as_of(get_current_context())))
 
     @task
     def compaction() -> dict:
         from jobs.storage.main import compaction as run
 
-        return run(_settings(), run_as_of(get_current_context()))
+        return run(task_settings(), run_as_of(get_current_context()))
 
     @task
     def blob_fsck() -> int:
         from jobs.storage.main import blob_fsck as run
 
-        differences = run(_settings())
+        differences = run(task_settings())
         if differences:
             raise RuntimeError(f"blob fsck: {len(differences)} differences, e.g. {differences[:5]}")
         return 0

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
+from dags._spark import task_settings
 from dags.assets import BRONZE_STORIES, MEDIA_LOCATIONS
 
 
@@ -30,10 +31,9 @@ from dags.assets import BRONZE_STORIES, MEDIA_LOCATIONS
 def story_expiry():
     @task(outlets=[MEDIA_LOCATIONS])
     def story_expiry_task() -> dict:
-        from darkroom.settings import load_settings
         from jobs.storage.main import blob_load, story_expiry
 
-        settings = load_settings()
+        settings = task_settings()
         as_of = run_as_of(get_current_context())
         loaded = blob_load(settings, as_of=as_of)
         return {"loaded": loaded, **story_expiry(settings, as_of)}

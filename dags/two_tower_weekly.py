@@ -31,6 +31,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
 from dags._defaults import week_complete as is_week_complete
+from dags._spark import task_settings
 from dags.assets import (
     FCT_ENGAGEMENT_LABELS,
     SERVING_EXPLORE_CANDIDATES,
@@ -39,12 +40,6 @@ from dags.assets import (
     TWO_TOWER_CHAMPION,
     TWO_TOWER_EXAMPLES,
 )
-
-
-def _settings():
-    from darkroom.settings import load_settings
-
-    return load_settings()
 
 
 def _spark(settings, app: str):
@@ -73,7 +68,7 @@ def two_tower_weekly():
     def train() -> dict:
         from jobs.two_tower_examples.main import train_weekly
 
-        settings = _settings()
+        settings = task_settings()
         return train_weekly(settings, run_as_of(get_current_context()), spark=_spark(settings, "two_tower")).summary()
 
     @task(outlets=[SERVING_ITEM_EMBEDDINGS, SERVING_USER_EMBEDDINGS])
@@ -82,14 +77,14 @@ def two_tower_weekly():
 
         from jobs.two_tower_embeddings.main import embed as run_embed
 
-        settings = _settings()
+        settings = task_settings()
         return asdict(run_embed(_spark(settings, "two_tower_embeddings"), settings, run_as_of(get_current_context())))
 
     @task
     def index() -> dict:
         from jobs.two_tower_embeddings.main import index_batch
 
-        settings = _settings()
+        settings = task_settings()
         built = index_batch(_spark(settings, "two_tower_index"), settings, run_as_of(get_current_context()))
         return {"path": str(built.path), "spec": built.spec, "recall": built.recall, "run_id": built.run_id}
 
@@ -99,7 +94,7 @@ def two_tower_weekly():
 
         from jobs.explore_candidates.main import candidates
 
-        settings = _settings()
+        settings = task_settings()
         return asdict(candidates(_spark(settings, "explore_candidates"), settings, run_as_of(get_current_context())))
 
     @task
@@ -107,7 +102,7 @@ def two_tower_weekly():
         from serving.keys import batch_id_of
         from serving.publisher import publish_batch, result_dict
 
-        settings = _settings()
+        settings = task_settings()
         batch = batch_id_of(run_as_of(get_current_context()))
         results = publish_batch(_spark(settings, "publish_explore"), settings, batch, ["explore"])
         return [result_dict(r) for r in results]

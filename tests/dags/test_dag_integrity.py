@@ -350,6 +350,30 @@ def test_spark_default_is_the_settings_master_unless_set_outside(master, tmp_pat
     assert resolved() == "spark://elsewhere:7077"
 
 
+_TASK_SPARK_PROBE = (
+    "from dags._spark import task_settings\n"
+    "from darkroom.spark import get_spark\n"
+    "s = task_settings()\n"
+    "print('masters:', s.spark.master, get_spark(s, 'probe').sparkContext.master, flush=True)"
+)
+
+
+def test_a_task_running_spark_in_its_own_process_starts_it_on_the_connections_master(settings, monkeypatch):
+    """Not only the submitted jobs: a task's own Spark session (a return value later tasks read, dbt's session) is a
+    driver on the ``spark_default`` master, so pointing the connection elsewhere moves it too."""
+    monkeypatch.setenv(SPARK_CONN_ENV, json.dumps({"conn_type": "spark", "host": "local[1]"}))
+    assert settings.spark.master == "local[2]"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TASK_SPARK_PROBE],
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("masters:")] == ["masters: local[1] local[1]"]
+
+
 def test_local_profile_submits_to_the_machines_cores(tmp_path, monkeypatch):
     """The local profile's master is local[*]: as many Spark threads as cores (2 here), one submitted job at a time."""
     monkeypatch.delenv(SPARK_CONN_ENV, raising=False)

@@ -25,6 +25,8 @@ produces the same rows.
 **Params**
 
 - `select`: a dbt selection (`marts`, `+dim_media_tiering`...); empty: the whole project.
+- `exclude`: a dbt exclusion applied after `select` (`staging`: leave the staging views and their tests alone,
+  when bronze has not changed since the build that tested them); empty: nothing excluded.
 - `full_refresh`: rebuild incremental models from scratch (same rows as incremental runs, more time).
 
 **Why one task, not one per model (astronomer-cosmos)**: with dbt-spark's `session` method each Airflow task
@@ -62,6 +64,7 @@ BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bro
     default_args=default_args(),
     params={
         "select": Param("", type="string", description="dbt selection; empty: the whole project"),
+        "exclude": Param("", type="string", description="dbt exclusion after select; empty: nothing excluded"),
         "full_refresh": Param(False, type="boolean", description="rebuild incremental models from scratch"),
     },
 )
@@ -77,6 +80,7 @@ def dbt_build():
             task_settings(),
             "build",
             select=params["select"].split() or None,
+            exclude=params["exclude"].split() or None,
             full_refresh=params["full_refresh"],
             as_of=as_of,
         )

@@ -247,6 +247,19 @@ def task_states(settings: DarkroomSettings, dag_id: str, run_id: str) -> dict[st
         return {t: s or "none" for t, s in rows.fetchall()}
 
 
+def asset_events(settings: DarkroomSettings, dag_id: str, run_id: str) -> list[tuple[str, str, dict]]:
+    """The asset events one run of ``dag_id`` emitted: (task_id, asset name, extra), sorted."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_db_path(settings)) as db:
+        rows = db.execute(
+            "SELECT e.source_task_id, a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE e.source_dag_id = ? AND e.source_run_id = ?",
+            (dag_id, run_id),
+        ).fetchall()
+    return sorted((t, name, json.loads(extra) if extra else {}) for t, name, extra in rows)
+
+
 def last_dag_run(settings: DarkroomSettings, dag_id: str) -> tuple[str, dict[str, str]]:
     """(state, task_id -> state) of the latest run of ``dag_id`` in the settings' Airflow DB (e.g. after
     ``run_dag_test``)."""

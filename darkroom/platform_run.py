@@ -40,8 +40,11 @@ from darkroom.tables import utc
 DAILY = ("story_expiry", "storage_tiering", "fanout_threshold_tuning", "feature_materialize")
 WEEKLY = ("blob_scrub", "ranker_weekly", "two_tower_weekly")
 # What the hourly dbt build rebuilds: the labels the fine-tune trains on and the story-ring signals the publish reads
-# as of the hour, with what they are made of (the other marts feed_publish reads are the day's).
+# as of the hour, with what they are made of (the other marts feed_publish reads are the day's), but not the staging
+# views: the hour's ingest found nothing new (the week's landing drop is ingested on its first day), so bronze is
+# what the day's build tested (the views and their tests are about a third of the hourly build's node time).
 HOURLY_SELECT = "+fct_engagement_labels +fct_story_ring_signals"
+HOURLY_EXCLUDE = "staging"
 # What the build of a day with no ingest before it rebuilds: bronze has not changed since the last build that tested
 # the staging views (the week's landing drop is ingested on its first day), so the day re-states intermediate and
 # marts as of its midnight, with their tests and the tests of what the blob store changed (meta.media_placement).
@@ -119,7 +122,12 @@ def hour_chain(hour: datetime) -> list[PlannedRun]:
     """One hour: the ingest drop, the labels the fine-tune reads, the fine-tune, a feed publish on its champion."""
     return [
         PlannedRun("ingest", hour, why="hourly landing drop"),
-        PlannedRun("dbt_build", hour, {"select": HOURLY_SELECT}, why="hourly: what the fine-tune and the publish read"),
+        PlannedRun(
+            "dbt_build",
+            hour,
+            {"select": HOURLY_SELECT, "exclude": HOURLY_EXCLUDE},
+            why="hourly: what the fine-tune and the publish read",
+        ),
         PlannedRun("ranker_hourly", hour, why="hourly fine-tune"),
         PlannedRun("feed_publish", hour, why="after ranker_hourly (champion asset)"),
     ]

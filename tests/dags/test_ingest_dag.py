@@ -13,12 +13,14 @@ import pytest
 
 from darkroom import lake
 from darkroom.airflow_env import airflow_db_path, ensure_airflow_db, run_dag_test
-from darkroom.contract_spec import contract_names, load_contract
+from darkroom.contract_spec import contract_names
 from darkroom.settings import load_settings
 from darkroom.tables import dataset_table, table
 from jobs.generate.main import generate
+from tests.platform_checks import add_a_self_follow
 
-pytestmark = pytest.mark.integration
+# Heavy: the suite's end-to-end test (tests/e2e/test_platform.py) runs this DAG on its world and checks the same.
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 
 FIRST_RUN, SECOND_RUN = "2026-11-01T00:00:00+00:00", "2026-11-01T01:00:00+00:00"
 # Delta rebuilds a table's state with 50 tasks by default: most of the time spent on a small table.
@@ -46,15 +48,7 @@ def generated(settings, lake_spark, tmp_path_factory) -> tuple[Path, dict[str, i
     root = tmp_path_factory.mktemp("landing")
     counts = generate(settings, scale="tiny", seed=7, days=None, out_dir=root, spark=lake_spark)
     assert sorted(counts) == contract_names()
-    [user] = lake_spark.read.parquet(str(root / "users")).select("user_id", "created_at").limit(1).collect()
-    (
-        lake_spark.createDataFrame(
-            [(user.user_id, user.user_id, user.created_at)], schema=load_contract("follows").spark_schema()
-        )
-        .coalesce(1)
-        .write.mode("append")
-        .parquet(str(root / "follows"))
-    )
+    add_a_self_follow(lake_spark, root)
     return root, {**counts, "follows": counts["follows"] + 1}
 
 

@@ -24,10 +24,13 @@ def test_week_plan_is_in_logical_time_order_with_every_dag():
         assert [r.logical_date for r in plan if r.dag_id == dag] == [MONDAY]
     hourly = [r for r in plan if r.dag_id == "ranker_hourly"]
     assert [r.logical_date for r in hourly] == [MONDAY + timedelta(hours=1), MONDAY + timedelta(hours=2)]
-    # the hourly dbt build rebuilds only what the fine-tune reads; Monday's (after the ingest) the whole project;
-    # the later days' (no new bronze) intermediate and marts, and the tests of the blob store's placement table
+    # the hourly dbt build rebuilds only what the fine-tune and the publish read, without the staging views (the
+    # hour's ingest found nothing new); Monday's (after the ingest) the whole project; the later days' (no new
+    # bronze) intermediate and marts, and the tests of the blob store's placement table
     builds = {r.logical_date: json_conf(r) for r in plan if r.dag_id == "dbt_build"}
-    assert {c for t, c in builds.items() if t.hour} == {'{"select": "+fct_engagement_labels +fct_story_ring_signals"}'}
+    assert {c for t, c in builds.items() if t.hour} == {
+        '{"exclude": "staging", "select": "+fct_engagement_labels +fct_story_ring_signals"}'
+    }
     assert builds[MONDAY] == "null"
     assert {c for t, c in builds.items() if t.date() > MONDAY.date()} == {
         '{"select": "source:meta intermediate marts"}'

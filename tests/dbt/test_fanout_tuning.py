@@ -155,6 +155,7 @@ def test_a_graph_with_a_self_follow_is_refused(fanout, spark, tmp_path):
     assert not (bad.lake_dir / "fanout").exists()  # nothing written
 
 
+@pytest.mark.heavy  # the suite's end-to-end test runs this DAG on its world and checks the same
 def test_the_dag_tunes_and_validates_by_replay(fanout, tuned):
     """replay_validation is spark-submitted (connection spark_default, pool spark) with the run's as-of and the
     tuning's MLflow run id; its results are the replay's figures in that run and in replay.json."""

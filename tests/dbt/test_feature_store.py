@@ -56,6 +56,7 @@ def test_last_day_training_set_and_online_consistency(dbt_world, spark, redis_ur
         assert report.ok and report.sampled == min(200, counts[view.name].entities), report.line()
 
 
+@pytest.mark.heavy  # the suite's end-to-end test runs this DAG on its world and checks the same
 def test_the_dag_materializes_and_checks(dbt_world, redis_url):
     import redis
 

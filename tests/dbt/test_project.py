@@ -136,6 +136,7 @@ def test_a_production_build_leaves_unit_tests_to_ci(dbt_world):
     )
 
 
+@pytest.mark.heavy  # the suite's end-to-end test runs this DAG on its world and checks the same
 def test_dag_run_builds_incrementally_and_changes_no_rows(dbt_world, spark):
     before = {m: dbt_world.read(spark, f"marts.{m}").localCheckpoint() for m in MARTS}
     proc = run_dag_test(dbt_world.settings, "dbt_build", "2026-11-01T00:00:00+00:00")

@@ -7,17 +7,17 @@ from __future__ import annotations
 import collections
 import hashlib
 import shutil
-from datetime import UTC, datetime, timedelta
 
 import pytest
-from pyspark.sql import functions as F
 
 from blobstore.store import BlobStore
-from blobstore.warm import WarmVolume, XorPair, measure_replication
 from darkroom.airflow_env import last_dag_run, run_dag_test
 from darkroom.settings import load_settings
+from tests.platform_checks import placed_elsewhere_than_uploaded, warm_replication
 
 DAY = "2026-11-01T00:00:00+00:00"
+# Heavy: the suite's end-to-end test (tests/e2e/test_platform.py) runs this DAG on its world and checks the same.
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 
 
 def _files(settings) -> dict[str, str]:
@@ -82,24 +82,11 @@ def test_storage_tiering_moves_bytes_and_a_rerun_changes_nothing(storage, spark)
     assert moved and all(history[m] == 2 for m in moved)
     # A blob still where blob_load put it is placed at its upload time, not at the run's as-of: the tier age dbt
     # derives from placed_at must not depend on whether the day's build ran before or after the load.
-    uploaded = {}
-    for t, key in (("media", "media_id"), ("stories", "story_id")):
-        bronze = spark.read.format("delta").load(str(storage.lake_dir / "bronze" / t))
-        for r in bronze.select(key, F.unix_micros("created_at")).collect():
-            uploaded[r[0]] = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=r[1])
     hot = [r for r in locations if r["tier"] == "hot"]
-    wrong = [
-        (r["media_id"], r["placed_at"], uploaded[r["media_id"]])
-        for r in hot
-        if r["placed_at"] != uploaded[r["media_id"]]
-    ]
+    wrong = placed_elsewhere_than_uploaded(spark, storage.lake_dir, hot)
     assert hot and not wrong, wrong[:5]
     # Warm data costs about 2.1x: 14/10 in the cell plus half of each XOR pair's blocks in the third region.
-    warm = [store.warm_volume(r["volume_id"]) for r in store.catalog.rows("volumes") if r["info_json"]]
-    pairs = [store.xor_pair(g["xor_group"]) for g in store.catalog.rows("xor_groups")]
-    assert all(isinstance(v, WarmVolume) for v in warm) and all(isinstance(p, XorPair) for p in pairs)
-    paired = {p.volume_a for p in pairs} | {p.volume_b for p in pairs}
-    replication = measure_replication([v for v in warm if v.volume_id in paired], pairs)
+    replication = warm_replication(store)
     assert 1.95 < replication.effective < 2.25, replication
     # Every media reads back with its catalog checksum, from wherever it is.
     for r in locations[:: max(1, len(locations) // 200)]:

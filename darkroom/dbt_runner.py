@@ -8,8 +8,10 @@ other job reads them by path, with no metastore. Sources are the bronze Delta ta
 location before each run.
 
 Derby lets one process open the metastore at a time, and a process's Spark session cannot switch catalogs, so dbt
-always runs in a child process: ``run_dbt(settings, "build", ...)`` from the CLI or an Airflow task, which parses
-the run results and raises ``DbtRunError`` naming every failed model and test.
+runs in a child process: ``run_dbt(settings, "build", ...)`` from the CLI or an Airflow task, which parses the run
+results and raises ``DbtRunError`` naming every failed model and test. The one exception is a process that runs many
+DAG runs one after another (``darkroom.platform_run``): it calls ``share_session`` first, so its one Spark session
+carries dbt's catalog and every ``run_dbt`` in it runs dbt there (one JVM, warm, instead of one per build).
 
     python -m darkroom.dbt_runner build --select marts --as-of 2026-11-01T00:00:00
 """
@@ -240,19 +242,78 @@ def _message(r) -> str | None:
     return r.message if isinstance(r.message, str) or r.message is None else str(r.message)
 
 
-def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) -> DbtRunSummary:
-    """Run dbt in this process. It must be the process's first Spark session (see the module docstring)."""
+# The metastore whose catalog this process's Spark session carries (share_session), else None.
+_shared_metastore: Path | None = None
+_MATERIALIZE_SOURCE = "spark.databricks.delta.merge.materializeSource"
+
+
+def share_session(settings: DarkroomSettings, app_name: str = "plan") -> SparkSession:
+    """Start this process's Spark session with dbt's catalog (``hive_conf``), and from then on run every
+    ``run_dbt`` for these settings' state folder here, on that session, instead of in a child process.
+
+    For a process that runs many DAG runs in a row (``darkroom.platform_run``): one JVM, already warm, serves every
+    build. The metastore stays open in this process until it exits, so no other process can run dbt on the same
+    state folder meanwhile (Derby), as with a build under way. Must be called before anything starts a session.
+    """
     from pyspark.sql import SparkSession
 
     from darkroom.spark import get_spark
 
+    global _shared_metastore
     if SparkSession.getActiveSession() is not None:
+        raise DbtRunError("share_session must start the process's Spark session; one is running already")
+    for sub in ("metastore", "hive-scratch", "hive-scratch-local"):
+        (settings.dbt_dir / sub).mkdir(parents=True, exist_ok=True)
+    spark = get_spark(settings.model_copy(update={"spark": _with_hive(settings)}), app_name)
+    # dbt's MERGE setting, not the other jobs': invoke sets it for the length of a build.
+    spark.conf.unset(_MATERIALIZE_SOURCE)
+    _shared_metastore = (settings.dbt_dir / "metastore").resolve()
+    return spark
+
+
+def _shares_session(settings: DarkroomSettings) -> bool:
+    return _shared_metastore is not None and _shared_metastore == (settings.dbt_dir / "metastore").resolve()
+
+
+def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) -> DbtRunSummary:
+    """Run dbt in this process: on a session it starts (it must be the process's first), or on the one
+    ``share_session`` started, with dbt's environment and MERGE setting for the length of the run only."""
+    from pyspark.sql import SparkSession
+
+    if not _shares_session(settings):
+        return _invoke(settings, args, as_of)
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise DbtRunError("the shared Spark session is gone; dbt needs the one share_session started")
+    saved_env, saved_conf = dict(os.environ), spark.conf.get(_MATERIALIZE_SOURCE, None)
+    try:
+        return _invoke(settings, args, as_of, spark=spark)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if saved_conf is None:
+            spark.conf.unset(_MATERIALIZE_SOURCE)
+        else:
+            spark.conf.set(_MATERIALIZE_SOURCE, saved_conf)
+
+
+def _invoke(
+    settings: DarkroomSettings, args: list[str], as_of: datetime | None, *, spark: SparkSession | None = None
+) -> DbtRunSummary:
+    from pyspark.sql import SparkSession
+
+    from darkroom.spark import get_spark
+
+    if spark is None and SparkSession.getActiveSession() is not None:
         raise DbtRunError("dbt must run in a process without a Spark session; use run_dbt(), which starts one")
     os.environ.update(dbt_env(settings))
     for sub in ("metastore", "hive-scratch", "hive-scratch-local"):
         (settings.dbt_dir / sub).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    spark = get_spark(settings.model_copy(update={"spark": _with_hive(settings)}), "dbt")
+    if spark is None:
+        spark = get_spark(settings.model_copy(update={"spark": _with_hive(settings)}), "dbt")
+    else:
+        spark.conf.set(_MATERIALIZE_SOURCE, hive_conf(settings)[_MATERIALIZE_SOURCE])
     try:
         prepare_catalog(spark, settings)
     except DbtRunError:
@@ -337,13 +398,17 @@ def run_dbt(
     extra: list[str] | None = None,
     check: bool = True,
 ) -> DbtRunSummary:
-    """Run one dbt command in a child process with ``settings``; dbt's progress lines stream to this process.
+    """Run one dbt command in a child process with ``settings`` (in this one, on its session, after
+    ``share_session``); dbt's progress lines stream to this process.
 
     Returns the parsed summary; with ``check`` (the default) raises ``DbtRunError`` naming every failed node.
     """
     from darkroom.airflow_env import settings_env
 
     args = dbt_args(command, select=select, exclude=exclude, full_refresh=full_refresh, extra=extra)
+    if _shares_session(settings):
+        summary = invoke(settings, args, as_of)
+        return summary.raise_for_failures() if check else summary
     settings.dbt_dir.mkdir(parents=True, exist_ok=True)
     out = settings.dbt_dir / f"summary-{os.getpid()}-{time.monotonic_ns()}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}

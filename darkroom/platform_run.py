@@ -7,9 +7,11 @@ ranker run (``feed_publish`` is scheduled on the ranker's champion asset).
 
 :func:`run_plan` executes a plan in one child process configured by ``darkroom.airflow_env`` (the same environment as
 ``airflow dags test``), calling ``dag.test()`` for each run in order: one process keeps one Spark session and one
-import of the stack for the whole plan, instead of one per run. Each run goes through Airflow's own task runner (the
-metadata DB records every DAG run and task instance; ``airflow dags list-runs`` and the UI show them). The first run
-that does not succeed stops the plan: everything after it depends on it.
+import of the stack for the whole plan, instead of one per run; the session carries dbt's catalog, so the plan's
+builds run on it too (``darkroom.dbt_runner.share_session``) rather than each in a JVM of its own. Each run goes
+through Airflow's own task runner (the metadata DB records every DAG run and task instance; ``airflow dags
+list-runs`` and the UI show them). The first run that does not succeed stops the plan: everything after it depends
+on it.
 
     python -m darkroom.platform_run --plan plan.json --results results.json   # (what run_plan starts)
 """
@@ -311,6 +313,11 @@ def _execute(plan: list[PlannedRun], results: Path) -> int:
 
     logging.getLogger("airflow").setLevel(logging.WARNING)
     settings = load_settings()
+    if any(r.dag_id == "dbt_build" for r in plan):
+        from darkroom.dbt_runner import share_session
+
+        # One Spark session for the plan, dbt's builds included: each would otherwise start a JVM of its own.
+        share_session(settings)
     outcomes: list[RunOutcome] = []
     began = time.monotonic()
     current: list = [None, 0.0]  # the run under way and when it started, for the heartbeat

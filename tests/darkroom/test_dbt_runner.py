@@ -1,4 +1,5 @@
-"""The dbt runner's pure parts: arguments, as-of parsing, vars from settings, failure reports, the model registry."""
+"""The dbt runner: arguments, as-of parsing, vars from settings, failure reports, the model registry; and (integration)
+what a shared session changes."""
 
 from __future__ import annotations
 
@@ -114,3 +115,52 @@ def test_every_model_has_a_yml_beside_it_with_a_key_test():
         key_tests = [t for t in model.get("data_tests", []) if isinstance(t, dict) and "unique_key" in t]
         unique_cols = [c["name"] for c in model.get("columns", []) if "unique" in (c.get("data_tests") or [])]
         assert key_tests or unique_cols, f"{path.stem}: no unique / unique_key test on its key"
+
+
+SHARED_SESSION_PROBE = """
+import json, os
+from darkroom.dbt_runner import DbtRunError, run_dbt, share_session
+from darkroom.settings import load_settings
+
+settings = load_settings()
+spark = share_session(settings)
+before = dict(os.environ)
+out = {"catalog": spark.conf.get("spark.sql.catalogImplementation")}
+out["materialize_before"] = spark.conf.get("spark.databricks.delta.merge.materializeSource", None)
+try:
+    run_dbt(settings, "build")
+except DbtRunError as e:
+    out["error"] = str(e)
+out["env_restored"] = dict(os.environ) == before
+out["materialize_after"] = spark.conf.get("spark.databricks.delta.merge.materializeSource", None)
+out["same_session"] = spark.sparkContext.appName
+print("PROBE " + json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+def test_a_shared_session_runs_dbt_in_process_and_leaves_the_environment_as_it_was(settings, tmp_path):
+    """After ``share_session`` (what a plan of DAG runs does), ``run_dbt`` runs dbt on the process's own session:
+    it fails here as dbt itself would (no bronze yet, named), not as a child process that exited, and the process's
+    environment and the session's MERGE setting are as they were before the build."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from darkroom.airflow_env import settings_env
+
+    s = settings.model_copy(update={"state_dir": tmp_path / "state"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(settings_env(s))
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARED_SESSION_PROBE], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads(line.removeprefix("PROBE "))
+    assert out["catalog"] == "hive"
+    assert out["materialize_before"] is None and out["materialize_after"] is None
+    assert "these tables do not exist yet" in out["error"] and "run `darkroom ingest` first" in out["error"], out
+    assert out["env_restored"] is True
+    assert out["same_session"].endswith("-plan")

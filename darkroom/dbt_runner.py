@@ -289,8 +289,9 @@ def invoke(settings: DarkroomSettings, args: list[str], as_of: datetime | None) 
     try:
         return _invoke(settings, args, as_of, spark=spark)
     finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
+        for k in set(os.environ) - set(saved_env):  # what the build added (dbt's paths), key by key: no moment
+            del os.environ[k]  # with an empty environment for the plan's other threads
+        os.environ.update({k: v for k, v in saved_env.items() if os.environ.get(k) != v})
         if saved_conf is None:
             spark.conf.unset(_MATERIALIZE_SOURCE)
         else:

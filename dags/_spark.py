@@ -1,4 +1,9 @@
-"""Spark jobs as tasks: ``spark-submit`` of a job's ``main.py`` through the Spark provider's ``SparkSubmitOperator``.
+"""Spark jobs as tasks, through the Spark provider's ``SparkSubmitOperator``.
+
+- ``spark_task``: a task whose work is an *entry point* (``darkroom.spark_task``), a function that returns the
+  task's XCom; spark-submitted (``settings.airflow.spark_tasks`` = ``submit``, the default: the submitted driver writes
+  the return value to a result file the task reads back) or called in the task's process (``in_process``).
+- ``spark_submit_task``: ``spark-submit`` of a job's ``main.py`` CLI; its results are tables (no XCom).
 
 The master is the ``spark_default`` connection's (``darkroom.airflow_env`` defines it from ``settings.spark.master``
 unless ``AIRFLOW_CONN_SPARK_DEFAULT`` is set already), so pointing the connection at a cluster moves the jobs there
@@ -9,6 +14,7 @@ task runs (``DarkroomSparkSubmitOperator.execute``), for the connection's master
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,3 +113,81 @@ def spark_submit_task(
         pool=SPARK_POOL,
         **kwargs,
     )
+
+
+class DarkroomSparkTaskOperator(DarkroomSparkSubmitOperator):
+    """A task whose work is an entry point (``darkroom.spark_task``): ``call(settings, as_of=run's as-of, **kwargs)``.
+
+    ``kwargs`` is ``op_kwargs`` (templated) plus the context values ``context_kwargs`` names (``params``,
+    ``run_id``). With ``settings.airflow.spark_tasks == "submit"`` the task spark-submits ``darkroom/spark_task.py``
+    (conf, jars and environment as for every submitted job, Spark app name = task id) and returns the value the
+    driver wrote to its result file; with ``in_process`` it calls the entry point itself. Either way the return value
+    is the task's XCom, ``TaskSkipped`` skips the task, and with ``interval_end_extra`` every outlet's asset event
+    carries ``{"data_interval_end": as-of}`` for its consumers' windows. ``dbt_session``: the submitted driver starts
+    its session with dbt's catalog and runs dbt on it (``darkroom.dbt_runner.share_session``).
+    """
+
+    template_fields = (*DarkroomSparkSubmitOperator.template_fields, "op_kwargs")
+
+    def __init__(
+        self,
+        *,
+        call: str,
+        op_kwargs: dict[str, Any] | None = None,
+        context_kwargs: Sequence[str] = (),
+        interval_end_extra: bool = False,
+        dbt_session: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(module="darkroom.spark_task", **kwargs)
+        self.call = call
+        self.op_kwargs = dict(op_kwargs or {})
+        self.context_kwargs = tuple(context_kwargs)
+        self.interval_end_extra = interval_end_extra
+        self.dbt_session = dbt_session
+        self.job_name = self.task_id  # the Spark app name is the task's (STYLE 11)
+
+    def execute(self, context) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from darkroom.spark_task import read_outcome, result_path, run_entry
+
+        settings = task_settings(self._conn_id)
+        as_of = run_as_of(context)
+        kwargs = {**self.op_kwargs, **{k: _context_value(context, k) for k in self.context_kwargs}}
+        if settings.airflow.spark_tasks == "in_process":
+            self.log.info("%s in this process (airflow.spark_tasks=in_process), as of %s", self.call, as_of)
+            outcome = run_entry(self.call, settings, as_of, kwargs)
+        else:
+            ti = context["ti"]
+            path = result_path(settings, ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+            path.unlink(missing_ok=True)  # a retry's outcome is its own, never an earlier try's
+            self.application_args = [
+                "--call", self.call, "--kwargs", json.dumps(kwargs, sort_keys=True), "--result", str(path),
+                *(["--dbt-session"] if self.dbt_session else []),
+            ]  # fmt: skip
+            super().execute(context)
+            outcome = read_outcome(path, self.call)
+        if "skipped" in outcome:
+            raise AirflowSkipException(outcome["skipped"])
+        if self.interval_end_extra:
+            for asset in self.outlets:
+                context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
+        return outcome["result"]
+
+
+def _context_value(context, key: str) -> Any:
+    if key == "params":
+        return {k: context["params"][k] for k in context["params"]}
+    if key == "run_id":
+        return context["run_id"]
+    raise ValueError(f"context_kwargs: {key!r} is not passed to entry points (params, run_id are)")
+
+
+def spark_task(task_id: str, call: str, **kwargs: Any) -> DarkroomSparkTaskOperator:
+    """A task that runs entry point ``call`` (``"package.module:function"``) as of the run's as-of, spark-submitted
+    or in the task's process (``settings.airflow.spark_tasks``), on connection ``spark_default`` in pool ``spark``
+    unless ``kwargs`` names another pool; it returns the entry point's value (XCom). ``kwargs`` go to the operator
+    (``op_kwargs``, ``context_kwargs``, ``outlets``, ``interval_end_extra``, ``dbt_session``, ...)."""
+    kwargs.setdefault("pool", SPARK_POOL)
+    return DarkroomSparkTaskOperator(task_id=task_id, call=call, conn_id=SPARK_CONN_ID, **kwargs)

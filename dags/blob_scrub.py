@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._defaults import default_args
+from dags._spark import spark_task
 from dags.assets import MEDIA_LOCATIONS
 
 
@@ -30,20 +30,7 @@ from dags.assets import MEDIA_LOCATIONS
     default_args=default_args(execution_timeout=timedelta(hours=6)),
 )
 def blob_scrub():
-    @task(outlets=[MEDIA_LOCATIONS])
-    def scrub() -> dict:
-        from jobs.storage.main import blob_fsck, blob_scrub
-
-        settings = task_settings()
-        report = blob_scrub(settings, run_as_of(get_current_context()))
-        if report["unrepairable"]:
-            raise RuntimeError(f"blob scrub: unrepairable: {report['unrepairable']}")
-        differences = blob_fsck(settings)
-        if differences:
-            raise RuntimeError(f"blob fsck: {len(differences)} differences, e.g. {differences[:5]}")
-        return report
-
-    scrub.override(task_id="blob_scrub")()
+    spark_task("blob_scrub", "jobs.storage.main:blob_scrub_task", outlets=[MEDIA_LOCATIONS])
 
 
 blob_scrub()

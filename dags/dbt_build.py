@@ -2,7 +2,8 @@
 ### dbt_build: bronze -> staging -> intermediate -> marts, tested
 
 Runs the dbt project (`dbt/`) with `dbt build`: every model, its unit tests and its data tests, in lineage order,
-on darkroom's Spark with Delta (`darkroom.dbt_runner`). Scheduled on the bronze assets: a run starts when
+on darkroom's Spark with Delta (`darkroom.dbt_runner.build`, a Spark task: spark-submitted by default, its
+driver starting its session with dbt's catalog and running dbt on it). Scheduled on the bronze assets: a run starts when
 any bronze table got new data, and each mart's asset (`dags/assets.py`) gets an event when the build passes.
 
 **The run's as-of.** Every window in the marts (reads in the last 7 days, access rates over 1/7/30/90 days,
@@ -39,16 +40,13 @@ returned summary name every model and test.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import AssetAny, Param, dag, get_current_context, task
+from airflow.sdk import AssetAny, Param, dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._defaults import default_args
+from dags._spark import spark_task
 from dags.assets import ASSETS_BY_DATASET, MART_ASSETS
-
-log = logging.getLogger(__name__)
 
 BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bronze.")]
 
@@ -69,27 +67,15 @@ BRONZE_ASSETS = [a for a in ASSETS_BY_DATASET.values() if a.name.startswith("bro
     },
 )
 def dbt_build():
-    @task(execution_timeout=timedelta(hours=2), outlets=list(MART_ASSETS.values()))
-    def build() -> dict:
-        from darkroom.dbt_runner import run_dbt
-
-        context = get_current_context()
-        params = context["params"]
-        as_of = run_as_of(context)
-        summary = run_dbt(
-            task_settings(),
-            "build",
-            select=params["select"].split() or None,
-            exclude=params["exclude"].split() or None,
-            full_refresh=params["full_refresh"],
-            as_of=as_of,
-        )
-        log.info("%s", summary.line())
-        for asset in MART_ASSETS.values():
-            context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
-        return {"as_of": summary.as_of, "counts": summary.counts(), "elapsed_s": summary.elapsed}
-
-    build()
+    spark_task(
+        "build",
+        "darkroom.dbt_runner:build",
+        context_kwargs=("params",),
+        outlets=list(MART_ASSETS.values()),
+        interval_end_extra=True,
+        dbt_session=True,
+        execution_timeout=timedelta(hours=2),
+    )
 
 
 dbt_build()

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
-from dags._spark import spark_submit_task, task_settings
+from dags._spark import spark_submit_task, spark_task
 from dags.assets import (
     FANOUT_AUTHOR_MODES,
     FANOUT_INACTIVE_USERS,
@@ -57,16 +57,12 @@ def fanout_threshold_tuning():
         """Skips the run unless its as-of is midnight UTC: the policy is tuned once a day, on whole days."""
         return run_as_of(get_current_context()).time() == datetime.min.time()
 
-    @task(outlets=[FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS])
-    def fanout_threshold() -> dict:
-        from jobs.fanout_threshold.main import tune
-
-        context = get_current_context()
-        as_of = run_as_of(context)
-        result = tune(task_settings(), as_of)
-        for asset in (FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS):
-            context["outlet_events"][asset].extra = {"data_interval_end": as_of.isoformat()}
-        return {"version": result.version, "threshold": result.threshold, "mlflow_run_id": result.mlflow_run_id}
+    tuned = spark_task(
+        "fanout_threshold",
+        "jobs.fanout_threshold.main:fanout_threshold",
+        outlets=[FANOUT_POLICIES, FANOUT_AUTHOR_MODES, FANOUT_INACTIVE_USERS],
+        interval_end_extra=True,
+    )
 
     replay_validation = spark_submit_task(
         "replay_validation",
@@ -74,7 +70,6 @@ def fanout_threshold_tuning():
         ["--replay-only", "--mlflow-run-id", "{{ ti.xcom_pull(task_ids='fanout_threshold')['mlflow_run_id'] }}"],
     )
 
-    tuned = fanout_threshold()
     day_complete() >> tuned >> replay_validation
 
 

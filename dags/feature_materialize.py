@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._defaults import default_args
+from dags._spark import spark_task
 from dags.assets import DIM_POST_FEATURES, DIM_USER_FEATURES, FCT_VIEWER_AUTHOR_AFFINITY
 
 
@@ -35,37 +35,9 @@ from dags.assets import DIM_POST_FEATURES, DIM_USER_FEATURES, FCT_VIEWER_AUTHOR_
     default_args=default_args(execution_timeout=timedelta(hours=1)),
 )
 def feature_materialize():
-    @task
-    def materialize() -> dict:
-        from darkroom.spark import get_spark
-        from feature_store.definitions import get_service
-        from feature_store.online import materialize as write_online
-
-        settings = task_settings()
-        as_of = run_as_of(get_current_context())
-        service = get_service(settings.ranker.feature_service)
-        counts = write_online(
-            get_spark(settings, "feature_materialize"), settings, service, as_of - timedelta(days=1), as_of
-        )
-        return {view: {"entities": c.entities, "written": c.written} for view, c in counts.items()}
-
-    @task
-    def check_consistency(written: dict) -> dict:
-        from darkroom.spark import get_spark
-        from feature_store.definitions import get_service
-        from feature_store.online import check_consistency as check
-
-        settings = task_settings()
-        as_of = run_as_of(get_current_context())
-        spark = get_spark(settings, "feature_materialize")
-        since = as_of - timedelta(days=1)
-        checked = {}
-        for view in get_service(settings.ranker.feature_service).views:
-            report = check(spark, settings, view, as_of, since=since)
-            checked[view.name] = {"sampled": report.sampled, "matched": report.matched}
-        return checked
-
-    check_consistency(materialize())
+    materialize = spark_task("materialize", "feature_store.online:materialize_task")
+    check_consistency = spark_task("check_consistency", "feature_store.online:check_consistency_task")
+    materialize >> check_consistency
 
 
 feature_materialize()

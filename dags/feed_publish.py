@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import spark_submit_task, task_settings
+from dags._defaults import default_args
+from dags._spark import spark_submit_task, spark_task
 from dags.assets import (
     RANKER_CHAMPION,
     SERVING_CELEBRITY_POSTS,
@@ -45,36 +45,21 @@ from dags.assets import (
     default_args=default_args(execution_timeout=timedelta(hours=1)),
 )
 def feed_publish():
-    @task(
+    feed_precompute = spark_task(
+        "feed_precompute",
+        "jobs.feed_precompute.main:feed_precompute",
         outlets=[
             SERVING_FEED_TIMELINES,
             SERVING_CELEBRITY_POSTS,
             SERVING_PULL_AUTHORS,
             SERVING_POST_META,
             SERVING_FANOUT_CONFIG,
-        ]
+        ],
     )
-    def feed_precompute() -> dict:
-        from dataclasses import asdict
-
-        from jobs.feed_precompute.main import precompute
-
-        return asdict(precompute(task_settings(), run_as_of(get_current_context())))
-
     story_rings = spark_submit_task("story_rings", "jobs.story_rings.main", outlets=[SERVING_STORY_RINGS])
+    publish = spark_task("publish", "serving.publisher:publish_families", op_kwargs={"families": ["feed", "stories"]})
 
-    @task
-    def publish() -> list[dict]:
-        from darkroom.spark import get_spark
-        from serving.keys import batch_id_of
-        from serving.publisher import publish_batch, result_dict
-
-        settings = task_settings()
-        batch = batch_id_of(run_as_of(get_current_context()))
-        spark = get_spark(settings, "feed_publish")
-        return [result_dict(r) for r in publish_batch(spark, settings, batch, ["feed", "stories"])]
-
-    [feed_precompute(), story_rings] >> publish()
+    [feed_precompute, story_rings] >> publish
 
 
 feed_publish()

@@ -5,7 +5,7 @@ Every hour, each input dataset's landing file (or folder of part files) goes thr
 (`data_contracts/contracts/<dataset>.yml`) into its Delta table: bronze, or the oracle layer for `oracle`.
 One task per dataset, `ingest_<dataset>`; a dataset runs after the datasets its contract references
 (`users` before `follows` and `posts`, `posts` before `media` and `impressions`, `impressions` before `oracle`...).
-Each task calls `jobs.ingest.main.ingest`.
+Each task runs `jobs.ingest.main.ingest_dataset` (a Spark task, `dags/_spark.py`: spark-submitted by default).
 
 **What a task does**
 
@@ -33,17 +33,13 @@ environment from `darkroom.airflow_env.airflow_env(settings)` (see `dags/README.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import Param, dag
 
 from dags._defaults import default_args
-from dags._spark import task_settings
+from dags._spark import spark_task
 from dags.assets import ASSETS_BY_DATASET
-
-log = logging.getLogger(__name__)
 
 DATASETS = list(ASSETS_BY_DATASET)
 
@@ -87,31 +83,17 @@ UPSTREAM: dict[str, list[str]] = {
 )
 def ingest():
     # A skipped upstream (no new file) must not skip its dependants; a failed one stops them.
-    @task(execution_timeout=timedelta(minutes=45), trigger_rule="none_failed", multiple_outputs=False)
-    def ingest_dataset(dataset: str) -> dict:
-        from data_contracts.suites import ContractValidator
-        from jobs.ingest import main as ingest_job
-
-        context = get_current_context()
-        params = context["params"]
-        if dataset not in params["datasets"]:
-            raise AirflowSkipException(f"{dataset}: not in params.datasets {params['datasets']}")
-        settings = task_settings()
-        path = ingest_job.landing_path(settings, dataset, params["landing_dir"])
-        if not path.exists():
-            raise AirflowSkipException(f"{dataset}: no landing data at {path}")
-        validator = ContractValidator(settings)
-        result = ingest_job.ingest(settings, dataset, path, run_id=context["run_id"], validator=validator)
-        if result.status == "skipped":
-            raise AirflowSkipException(result.line())
-        log.info("%s", result.line())
-        # Consumers (dbt_build) compute their windows as of the end of the data interval this data belongs to.
-        interval_end = context["data_interval_end"] or context["logical_date"]
-        context["outlet_events"][ASSETS_BY_DATASET[dataset]].extra = {"data_interval_end": interval_end.isoformat()}
-        return result.as_dict()
-
     tasks = {
-        name: ingest_dataset.override(task_id=f"ingest_{name}", outlets=[ASSETS_BY_DATASET[name]])(dataset=name)
+        name: spark_task(
+            f"ingest_{name}",
+            "jobs.ingest.main:ingest_dataset",
+            op_kwargs={"dataset": name},
+            context_kwargs=("params", "run_id"),
+            outlets=[ASSETS_BY_DATASET[name]],
+            interval_end_extra=True,  # consumers (dbt_build) compute their windows as of this data's interval end
+            execution_timeout=timedelta(minutes=45),
+            trigger_rule="none_failed",
+        )
         for name in DATASETS
     }
     for name, upstream in UPSTREAM.items():

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._defaults import default_args
+from dags._spark import spark_task
 from dags.assets import FCT_ENGAGEMENT_LABELS, RANKER_CHAMPION
 
 
@@ -35,13 +35,7 @@ from dags.assets import FCT_ENGAGEMENT_LABELS, RANKER_CHAMPION
     default_args=default_args(execution_timeout=timedelta(minutes=50)),
 )
 def ranker_hourly():
-    @task(pool="ranker_training", outlets=[RANKER_CHAMPION])
-    def finetune() -> dict:
-        from ml.ranker.pipeline import finetune as run_finetune
-
-        return run_finetune(task_settings(), run_as_of(get_current_context())).summary()
-
-    finetune()
+    spark_task("finetune", "ml.ranker.pipeline:finetune_task", pool="ranker_training", outlets=[RANKER_CHAMPION])
 
 
 ranker_hourly()

@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
-from dags._defaults import default_args, run_as_of
+from dags._defaults import default_args
 from dags._defaults import week_complete as is_week_complete
-from dags._spark import task_settings
+from dags._spark import spark_task
 from dags.assets import FCT_ENGAGEMENT_LABELS, RANKER_CHAMPION
 
 
@@ -44,13 +44,11 @@ def ranker_weekly():
         """Skips the run unless its as-of is Monday 00:00 UTC (or the run was started by hand)."""
         return is_week_complete(get_current_context())
 
-    @task(pool="ranker_training", outlets=[RANKER_CHAMPION])
-    def retrain() -> dict:
-        from ml.ranker.pipeline import retrain as run_retrain
+    retrain = spark_task(
+        "retrain", "ml.ranker.pipeline:retrain_task", pool="ranker_training", outlets=[RANKER_CHAMPION]
+    )
 
-        return run_retrain(task_settings(), run_as_of(get_current_context())).summary()
-
-    week_complete() >> retrain()
+    week_complete() >> retrain
 
 
 ranker_weekly()

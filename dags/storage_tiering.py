@@ -20,6 +20,9 @@ triggering event's `data_interval_end` is midnight UTC; a manual run or `airflow
 6. **compaction**: sealed hot volumes with enough tombstones are rewritten without them.
 7. **blob_fsck**: the catalog against the files; any difference fails the run.
 
+Every step after `day_complete` is a Spark task (`dags/_spark.py`): spark-submitted on the `spark_default`
+connection by default, its return value (figures, counts) the task's XCom.
+
 A run killed anywhere (a lost worker, a SIGKILL) is finished by its retry: each move keeps a durable intent
 (`<blobs>/_intents/`) and resumes it. Storage jobs take the blob store's writer lock, one at a time.
 
@@ -34,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, get_current_context, task
 
 from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._spark import spark_task
 from dags.assets import DIM_MEDIA_TIERING, MEDIA_LOCATIONS, MEDIA_PLACEMENT, TIER_DECISIONS
 
 
@@ -55,65 +58,24 @@ def storage_tiering():
         as_of = run_as_of(get_current_context())
         return as_of.time() == datetime.min.time()
 
-    @task
-    def blob_load() -> dict:
-        from jobs.storage.main import blob_load as run
-
-        return run(task_settings(), as_of=run_as_of(get_current_context()))
-
-    @task(outlets=[TIER_DECISIONS])
-    def tiering_plan() -> dict:
-        from jobs.tiering_plan.main import plan
-
-        return plan(task_settings(), run_as_of(get_current_context())).figures
-
-    @task
-    def validate_plan() -> int:
-        from darkroom.spark import get_spark
-        from jobs.tiering_plan.main import plan_date_of
-        from jobs.tiering_plan.main import validate_plan as validate
-
-        settings = task_settings()
-        return validate(get_spark(settings, "validate_plan"), settings, plan_date_of(run_as_of(get_current_context())))
-
-    @task(outlets=[MEDIA_LOCATIONS, MEDIA_PLACEMENT])
-    def ec_rewrite() -> dict:
-        from jobs.storage.main import ec_rewrite as run
-        from jobs.tiering_plan.main import plan_date_of
-
-        return run(task_settings(), plan_date_of(run_as_of(get_current_context())))
-
-    @task(outlets=[MEDIA_LOCATIONS, MEDIA_PLACEMENT])
-    def cold_archive() -> dict:
-        from jobs.storage.main import cold_archive as run
-        from jobs.tiering_plan.main import plan_date_of
-
-        return run(task_settings(), plan_date_of(run_as_of(get_current_context())))
-
-    @task
-    def compaction() -> dict:
-        from jobs.storage.main import compaction as run
-
-        return run(task_settings(), run_as_of(get_current_context()))
-
-    @task
-    def blob_fsck() -> int:
-        from jobs.storage.main import blob_fsck as run
-
-        differences = run(task_settings())
-        if differences:
-            raise RuntimeError(f"blob fsck: {len(differences)} differences, e.g. {differences[:5]}")
-        return 0
+    blob_load = spark_task("blob_load", "jobs.storage.main:blob_load")
+    tiering_plan = spark_task("tiering_plan", "jobs.tiering_plan.main:tiering_plan", outlets=[TIER_DECISIONS])
+    validate_plan = spark_task("validate_plan", "jobs.tiering_plan.main:validate_plan_task")
+    moved = [MEDIA_LOCATIONS, MEDIA_PLACEMENT]
+    ec_rewrite = spark_task("ec_rewrite", "jobs.storage.main:ec_rewrite_task", outlets=moved)
+    cold_archive = spark_task("cold_archive", "jobs.storage.main:cold_archive_task", outlets=moved)
+    compaction = spark_task("compaction", "jobs.storage.main:compaction")
+    blob_fsck = spark_task("blob_fsck", "jobs.storage.main:blob_fsck_task")
 
     (
         day_complete()
-        >> blob_load()
-        >> tiering_plan()
-        >> validate_plan()
-        >> ec_rewrite()
-        >> cold_archive()
-        >> compaction()
-        >> blob_fsck()
+        >> blob_load
+        >> tiering_plan
+        >> validate_plan
+        >> ec_rewrite
+        >> cold_archive
+        >> compaction
+        >> blob_fsck
     )
 
 

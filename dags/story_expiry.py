@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag
 
-from dags._defaults import default_args, run_as_of
-from dags._spark import task_settings
+from dags._defaults import default_args
+from dags._spark import spark_task
 from dags.assets import BRONZE_STORIES, MEDIA_LOCATIONS
 
 
@@ -29,16 +29,7 @@ from dags.assets import BRONZE_STORIES, MEDIA_LOCATIONS
     default_args=default_args(execution_timeout=timedelta(minutes=30)),
 )
 def story_expiry():
-    @task(outlets=[MEDIA_LOCATIONS])
-    def story_expiry_task() -> dict:
-        from jobs.storage.main import blob_load, story_expiry
-
-        settings = task_settings()
-        as_of = run_as_of(get_current_context())
-        loaded = blob_load(settings, as_of=as_of)
-        return {"loaded": loaded, **story_expiry(settings, as_of)}
-
-    story_expiry_task.override(task_id="story_expiry")()
+    spark_task("story_expiry", "jobs.storage.main:story_expiry_task", outlets=[MEDIA_LOCATIONS])
 
 
 story_expiry()

@@ -29,9 +29,9 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
-from dags._defaults import default_args, run_as_of
+from dags._defaults import default_args
 from dags._defaults import week_complete as is_week_complete
-from dags._spark import task_settings
+from dags._spark import spark_task
 from dags.assets import (
     FCT_ENGAGEMENT_LABELS,
     SERVING_EXPLORE_CANDIDATES,
@@ -40,12 +40,6 @@ from dags.assets import (
     TWO_TOWER_CHAMPION,
     TWO_TOWER_EXAMPLES,
 )
-
-
-def _spark(settings, app: str):
-    from darkroom.spark import get_spark
-
-    return get_spark(settings, app)
 
 
 @dag(
@@ -64,50 +58,24 @@ def two_tower_weekly():
         """Skips the run unless its as-of is Monday 00:00 UTC (or the run was started by hand)."""
         return is_week_complete(get_current_context())
 
-    @task(pool="ranker_training", outlets=[TWO_TOWER_EXAMPLES, TWO_TOWER_CHAMPION])
-    def train() -> dict:
-        from jobs.two_tower_examples.main import train_weekly
+    train = spark_task(
+        "train",
+        "jobs.two_tower_examples.main:train",
+        pool="ranker_training",
+        outlets=[TWO_TOWER_EXAMPLES, TWO_TOWER_CHAMPION],
+    )
+    embed = spark_task(
+        "embed", "jobs.two_tower_embeddings.main:embed_task", outlets=[SERVING_ITEM_EMBEDDINGS, SERVING_USER_EMBEDDINGS]
+    )
+    index = spark_task("index", "jobs.two_tower_embeddings.main:index_task")
+    explore_candidates = spark_task(
+        "explore_candidates", "jobs.explore_candidates.main:explore_candidates", outlets=[SERVING_EXPLORE_CANDIDATES]
+    )
+    publish_explore = spark_task(
+        "publish_explore", "serving.publisher:publish_families", op_kwargs={"families": ["explore"]}
+    )
 
-        settings = task_settings()
-        return train_weekly(settings, run_as_of(get_current_context()), spark=_spark(settings, "two_tower")).summary()
-
-    @task(outlets=[SERVING_ITEM_EMBEDDINGS, SERVING_USER_EMBEDDINGS])
-    def embed() -> dict:
-        from dataclasses import asdict
-
-        from jobs.two_tower_embeddings.main import embed as run_embed
-
-        settings = task_settings()
-        return asdict(run_embed(_spark(settings, "two_tower_embeddings"), settings, run_as_of(get_current_context())))
-
-    @task
-    def index() -> dict:
-        from jobs.two_tower_embeddings.main import index_batch
-
-        settings = task_settings()
-        built = index_batch(_spark(settings, "two_tower_index"), settings, run_as_of(get_current_context()))
-        return {"path": str(built.path), "spec": built.spec, "recall": built.recall, "run_id": built.run_id}
-
-    @task(outlets=[SERVING_EXPLORE_CANDIDATES])
-    def explore_candidates() -> dict:
-        from dataclasses import asdict
-
-        from jobs.explore_candidates.main import candidates
-
-        settings = task_settings()
-        return asdict(candidates(_spark(settings, "explore_candidates"), settings, run_as_of(get_current_context())))
-
-    @task
-    def publish_explore() -> list[dict]:
-        from serving.keys import batch_id_of
-        from serving.publisher import publish_batch, result_dict
-
-        settings = task_settings()
-        batch = batch_id_of(run_as_of(get_current_context()))
-        results = publish_batch(_spark(settings, "publish_explore"), settings, batch, ["explore"])
-        return [result_dict(r) for r in results]
-
-    week_complete() >> train() >> embed() >> index() >> explore_candidates() >> publish_explore()
+    week_complete() >> train >> embed >> index >> explore_candidates >> publish_explore
 
 
 two_tower_weekly()

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -128,12 +129,29 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
         typer.echo("  ".join((v.rjust(w) if v[:1].isdigit() else v.ljust(w)) for v, w in zip(c, widths, strict=True)))
 
 
+class SparkTasksChoice(StrEnum):
+    """Where a plan's Spark tasks run (``settings.airflow.spark_tasks``)."""
+
+    in_process = "in_process"
+    submit = "submit"
+
+
+SparkTasksOpt = Annotated[
+    SparkTasksChoice,
+    typer.Option(
+        "--spark-tasks",
+        help="where the DAGs' Spark tasks run: on the plan's one session, or spark-submitted (a driver JVM each)",
+    ),
+]
+
+
 @app.command()
 def demo(
     scale: Annotated[str | None, typer.Option(help="world scale (default: world.scale, small)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     days: Annotated[int, typer.Option(min=1, max=14, help="days of the simulated week (daily chains)")] = 7,
     hours: Annotated[int, typer.Option(min=0, max=24, help="hourly chains after the weekly runs")] = 2,
+    spark_tasks: SparkTasksOpt = SparkTasksChoice.in_process,
     config: ConfigOpt = None,
 ) -> None:
     """The main job on embedded defaults: generate the world, then run every DAG for real over a simulated week in
@@ -178,7 +196,7 @@ def demo(
     with LocalRedisServer(base.state_dir / "redis", extra_args=["--appendonly", "yes"]) as server:
         settings = base.model_copy(update={"redis_url": server.url})
         try:
-            outcomes = run_plan(settings, plan, progress=typer.echo)
+            outcomes = run_plan(settings, plan, progress=typer.echo, spark_tasks=spark_tasks.value)
         except PlanFailed as e:
             typer.secho(str(e), fg="red", err=True)
             raise typer.Exit(1) from None
@@ -209,6 +227,7 @@ def backfill(
     start: Annotated[str, typer.Option("--from", help="first logical date, UTC ISO (2026-10-27)")],
     end: Annotated[str, typer.Option("--to", help="last logical date, inclusive")],
     every: Annotated[str, typer.Option(help="interval: day or hour")] = "day",
+    spark_tasks: SparkTasksOpt = SparkTasksChoice.in_process,
     config: ConfigOpt = None,
 ) -> None:
     """Run DAGs for real over a date range, interval by interval in logical-time order (``dag.test()``, one process):
@@ -227,7 +246,7 @@ def backfill(
     )
     started = time.monotonic()
     try:
-        outcomes = run_plan(settings, plan, progress=typer.echo)
+        outcomes = run_plan(settings, plan, progress=typer.echo, spark_tasks=spark_tasks.value)
     except PlanFailed as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(1) from None

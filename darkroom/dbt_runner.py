@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from darkroom.settings import PROJECT_ROOT, DarkroomSettings, load_settings
 
@@ -480,3 +480,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def build(settings: DarkroomSettings, *, as_of: datetime, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``dbt_build`` DAG's task (entry point, ``darkroom.spark_task``): ``dbt build`` with the run's params
+    (``select``, ``exclude``: space-separated, empty for none; ``full_refresh``) as of ``as_of``; returns the summary
+    (as-of, counts per node type and status, elapsed seconds) and raises ``DbtRunError`` naming every failed node."""
+    summary = run_dbt(
+        settings,
+        "build",
+        select=params["select"].split() or None,
+        exclude=params["exclude"].split() or None,
+        full_refresh=params["full_refresh"],
+        as_of=as_of,
+    )
+    print(summary.line(), flush=True)
+    return {"as_of": summary.as_of, "counts": summary.counts(), "elapsed_s": summary.elapsed}

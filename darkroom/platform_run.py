@@ -7,8 +7,10 @@ ranker run (``feed_publish`` is scheduled on the ranker's champion asset).
 
 :func:`run_plan` executes a plan in one child process configured by ``darkroom.airflow_env`` (the same environment as
 ``airflow dags test``), calling ``dag.test()`` for each run in order: one process keeps one Spark session and one
-import of the stack for the whole plan, instead of one per run; the session carries dbt's catalog, so the plan's
-builds run on it too (``darkroom.dbt_runner.share_session``) rather than each in a JVM of its own. Each run goes
+import of the stack for the whole plan, instead of one per run; the DAGs' Spark tasks run on that session
+(``airflow.spark_tasks`` = ``in_process``, unless ``run_plan(..., spark_tasks="submit")``), and it carries dbt's
+catalog, so the plan's builds run on it too (``darkroom.dbt_runner.share_session``) rather than each in a JVM of its
+own. Each run goes
 through Airflow's own task runner (the metadata DB records every DAG run and task instance; ``airflow dags
 list-runs`` and the UI show them). The first run that does not succeed stops the plan: everything after it depends
 on it.
@@ -33,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from darkroom.airflow_env import ensure_airflow_db, subprocess_env, task_states
-from darkroom.settings import DarkroomSettings
+from darkroom.settings import DarkroomSettings, SparkTasks
 from darkroom.tables import utc
 
 # The daily DAGs after dbt_build, in the order their assets trigger them: story_expiry runs on ingest's
@@ -194,11 +196,17 @@ def run_plan(
     *,
     progress: Callable[[str], None] = print,
     timeout: float | None = None,
+    spark_tasks: SparkTasks = "in_process",
 ) -> list[RunOutcome]:
     """Execute ``plan`` in one child process (see the module doc); stream its progress lines to ``progress``.
 
+    ``spark_tasks`` is where the DAGs' Spark tasks run (``settings.airflow.spark_tasks``): ``in_process`` (the
+    default here) on the plan process's one session, or ``submit``: each spark-submitted, a driver JVM per task
+    (about 10-15 s more per task on 2 cores: the cold start of a driver and its first Delta read).
+
     Raises :class:`PlanFailed` naming the first run that did not succeed (its failed tasks and the log folder).
     """
+    settings = settings.model_copy(update={"airflow": settings.airflow.model_copy(update={"spark_tasks": spark_tasks})})
     ensure_airflow_db(settings)
     work = settings.airflow_home / "plans"
     work.mkdir(parents=True, exist_ok=True)
@@ -313,7 +321,7 @@ def _execute(plan: list[PlannedRun], results: Path) -> int:
 
     logging.getLogger("airflow").setLevel(logging.WARNING)
     settings = load_settings()
-    if any(r.dag_id == "dbt_build" for r in plan):
+    if settings.airflow.spark_tasks == "in_process" and any(r.dag_id == "dbt_build" for r in plan):
         from darkroom.dbt_runner import share_session
 
         # One Spark session for the plan, dbt's builds included: each would otherwise start a JVM of its own.

@@ -86,6 +86,9 @@ class DbtSettings(_Strict):
     )
 
 
+SparkTasks = Literal["submit", "in_process"]
+
+
 class AirflowSettings(_Strict):
     """Airflow's defaults for every darkroom task (a DAG or task may still set its own)."""
 
@@ -96,7 +99,14 @@ class AirflowSettings(_Strict):
     spark_pool_slots: int = Field(
         1,
         ge=1,
-        description="slots of the `spark` pool: spark-submit jobs (one driver JVM each) running at once; 1 on 2 cores",
+        description="slots of the `spark` pool: Spark tasks (one driver JVM each) running at once; 1 on 2 cores",
+    )
+    spark_tasks: SparkTasks = Field(
+        "submit",
+        description=(
+            "where a DAG's Spark tasks run: `submit` = spark-submitted on the spark_default connection's master; "
+            "`in_process` = in the task's process on its session (darkroom.platform_run: many runs on one session)"
+        ),
     )
 
 

@@ -321,3 +321,29 @@ def check_consistency(
     if not report.ok:
         raise FeatureConsistencyError(report)
     return report
+
+
+def materialize_task(settings: DarkroomSettings, *, as_of: datetime) -> dict[str, dict[str, int]]:
+    """``feature_materialize.materialize`` (entry point, ``darkroom.spark_task``): the ranker's feature service's
+    rows of the day before ``as_of`` written online; entities and written rows per view."""
+    from darkroom.spark import get_spark
+    from feature_store.definitions import get_service
+
+    service = get_service(settings.ranker.feature_service)
+    spark = get_spark(settings, "feature_materialize")
+    counts = materialize(spark, settings, service, as_of - timedelta(days=1), as_of)
+    return {view: {"entities": c.entities, "written": c.written} for view, c in counts.items()}
+
+
+def check_consistency_task(settings: DarkroomSettings, *, as_of: datetime) -> dict[str, dict[str, int]]:
+    """``feature_materialize.check_consistency``: a sample of each view's online rows against the offline store
+    (raises on a mismatch); sampled and matched per view."""
+    from darkroom.spark import get_spark
+    from feature_store.definitions import get_service
+
+    spark = get_spark(settings, "feature_materialize")
+    checked = {}
+    for view in get_service(settings.ranker.feature_service).views:
+        report = check_consistency(spark, settings, view, as_of, since=as_of - timedelta(days=1))
+        checked[view.name] = {"sampled": report.sampled, "matched": report.matched}
+    return checked

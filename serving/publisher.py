@@ -70,6 +70,8 @@ from serving.sources import BatchSource, FamilyCounts, MemoryBatch, SparkBatch
 from serving.writer import WriteSpec, connect
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from pyspark.sql import SparkSession
 
     from darkroom.settings import DarkroomSettings, ServingSettings
@@ -650,3 +652,13 @@ def publish_frames(
             return [publisher.publish(source, g, hooks=hooks, force=force) for g in groups]
     finally:
         source.close()
+
+
+def publish_families(settings: DarkroomSettings, *, as_of: datetime, families: list[str]) -> list[dict[str, Any]]:
+    """``feed_publish.publish`` / ``two_tower_weekly.publish_explore`` (entry point, ``darkroom.spark_task``): the
+    batch of ``as_of`` published for ``families``, verified; one result per family."""
+    from darkroom.spark import get_spark
+    from serving.keys import batch_id_of
+
+    spark = get_spark(settings, "publish")
+    return [result_dict(r) for r in publish_batch(spark, settings, batch_id_of(as_of), families)]

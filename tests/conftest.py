@@ -11,6 +11,11 @@ from darkroom.settings import PROJECT_ROOT, load_settings
 
 PROJECT_JARS = Path(os.environ.get("DARKROOM_TEST_JARS", PROJECT_ROOT / ".darkroom" / "jars"))
 
+# The DAG runs of the tests (``airflow dags test``, ``darkroom.platform_run``) run their Spark tasks in the task's
+# process, on one session per run, as the demo does: spark-submitting each would start a driver JVM per task (10-15 s
+# here). The tests of spark-submitted tasks set ``airflow.spark_tasks="submit"`` themselves.
+os.environ.setdefault("DARKROOM_AIRFLOW__SPARK_TASKS", "in_process")
+
 
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory) -> Path:

@@ -121,6 +121,15 @@ def candidates(spark: SparkSession, settings: DarkroomSettings, as_of: datetime)
     return CandidatesInfo(batch, n_users, written.count(), str(meta["model_version"]), ranker.version)
 
 
+def explore_candidates(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``two_tower_weekly.explore_candidates`` (entry point, ``darkroom.spark_task``): the batch's candidates."""
+    from dataclasses import asdict
+
+    from darkroom.spark import get_spark
+
+    return asdict(candidates(get_spark(settings, "explore_candidates"), settings, as_of))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.explore_candidates.main", description=__doc__)
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat, help="the batch's instant (UTC)")

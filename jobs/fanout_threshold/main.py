@@ -694,6 +694,13 @@ def _fan_in_chart(path: Path, result: FanoutPolicy, f: FanoutSettings) -> None:
     plt.close(fig)
 
 
+def fanout_threshold(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``fanout_threshold_tuning.fanout_threshold`` (entry point, ``darkroom.spark_task``): the day's policy
+    tuned and written; returns its version, threshold and MLflow run (which the replay task validates)."""
+    result = tune(settings, as_of)
+    return {"version": result.version, "threshold": result.threshold, "mlflow_run_id": result.mlflow_run_id}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.fanout_threshold.main", description=__doc__.split("\n")[0])
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat)

@@ -234,6 +234,12 @@ def precompute(
     return info
 
 
+def feed_precompute(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``feed_publish.feed_precompute`` (entry point, ``darkroom.spark_task``): the batch of ``as_of``; returns its
+    figures."""
+    return asdict(precompute(settings, as_of))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.feed_precompute.main", description=__doc__)
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat, help="the batch's instant (UTC)")

@@ -291,3 +291,22 @@ def ingest_landing(
         echo(f"[ingest {i}/{len(order)}] {r.line()}")
         results.append(r)
     return results
+
+
+def ingest_dataset(settings: DarkroomSettings, *, as_of: datetime, dataset: str, params: dict, run_id: str) -> dict:
+    """The ``ingest`` DAG's task for one dataset (entry point, ``darkroom.spark_task``): the dataset's landing data
+    (``params["landing_dir"]``) checked and merged into bronze, GX docs updated; skipped (``TaskSkipped``) when the
+    dataset is not in ``params["datasets"]``, has no landing data, or its files are all in the ledger already."""
+    from darkroom.spark_task import TaskSkipped
+    from data_contracts.suites import ContractValidator
+
+    if dataset not in params["datasets"]:
+        raise TaskSkipped(f"{dataset}: not in params.datasets {params['datasets']}")
+    path = landing_path(settings, dataset, params["landing_dir"])
+    if not path.exists():
+        raise TaskSkipped(f"{dataset}: no landing data at {path}")
+    result = ingest(settings, dataset, path, run_id=run_id, validator=ContractValidator(settings))
+    if result.status == "skipped":
+        raise TaskSkipped(result.line())
+    print(result.line(), flush=True)
+    return result.as_dict()

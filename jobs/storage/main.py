@@ -244,3 +244,44 @@ __all__ = [
     "local_runner",
     "story_expiry",
 ]
+
+
+# --- entry points of the DAGs' tasks (darkroom.spark_task): the run's as-of in, the task's XCom out -----------------
+
+
+def ec_rewrite_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``storage_tiering.ec_rewrite``: the moves to warm of the plan for the day before ``as_of``."""
+    from jobs.tiering_plan.main import plan_date_of
+
+    return ec_rewrite(settings, plan_date_of(as_of))
+
+
+def cold_archive_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``storage_tiering.cold_archive``: the moves to cold of the plan for the day before ``as_of``."""
+    from jobs.tiering_plan.main import plan_date_of
+
+    return cold_archive(settings, plan_date_of(as_of))
+
+
+def blob_fsck_task(settings: DarkroomSettings, *, as_of: datetime) -> int:
+    """``storage_tiering.blob_fsck``: the catalog against the files; any difference fails the task."""
+    differences = blob_fsck(settings)
+    if differences:
+        raise RuntimeError(f"blob fsck: {len(differences)} differences, e.g. {differences[:5]}")
+    return 0
+
+
+def blob_scrub_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``blob_scrub``: every replica and block read and checked, what can be repaired repaired, then fsck; an
+    unrepairable blob or an fsck difference fails the task. Returns the scrub's report."""
+    report = blob_scrub(settings, as_of)
+    if report["unrepairable"]:
+        raise RuntimeError(f"blob scrub: unrepairable: {report['unrepairable']}")
+    blob_fsck_task(settings, as_of=as_of)
+    return report
+
+
+def story_expiry_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``story_expiry``: new stories (and media) stored hot, then stories past their 24 hours deleted."""
+    loaded = blob_load(settings, as_of=as_of)
+    return {"loaded": loaded, **story_expiry(settings, as_of)}

@@ -345,6 +345,19 @@ def write_report(out_dir: Path, figures: dict, largest_moves: list[dict]) -> dic
     return files
 
 
+def tiering_plan(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``storage_tiering.tiering_plan`` (entry point, ``darkroom.spark_task``): the plan and its report; returns its
+    figures."""
+    return plan(settings, as_of).figures
+
+
+def validate_plan_task(settings: DarkroomSettings, *, as_of: datetime) -> int:
+    """``storage_tiering.validate_plan``: the plan of the day before ``as_of`` against its contract."""
+    from darkroom.spark import get_spark
+
+    return validate_plan(get_spark(settings, "validate_plan"), settings, plan_date_of(as_of))
+
+
 def main(argv: list[str] | None = None) -> int:
     from darkroom.dbt_runner import parse_as_of
     from darkroom.spark import get_spark

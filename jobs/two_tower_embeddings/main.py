@@ -132,6 +132,23 @@ def embed(
     return EmbeddingsInfo(batch_id=batch, model_version=version, users=n_users, items=n_items)
 
 
+def embed_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``two_tower_weekly.embed`` (entry point, ``darkroom.spark_task``): the champion's embeddings of ``as_of``."""
+    from dataclasses import asdict
+
+    from darkroom.spark import get_spark
+
+    return asdict(embed(get_spark(settings, "two_tower_embeddings"), settings, as_of))
+
+
+def index_task(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``two_tower_weekly.index`` (entry point, ``darkroom.spark_task``): the FAISS index of the embeddings."""
+    from darkroom.spark import get_spark
+
+    built = index_batch(get_spark(settings, "two_tower_index"), settings, as_of)
+    return {"path": str(built.path), "spec": built.spec, "recall": built.recall, "run_id": built.run_id}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.two_tower_embeddings.main", description=__doc__)
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat, help="the batch's instant (UTC)")

@@ -233,6 +233,13 @@ def train_weekly(settings: DarkroomSettings, as_of: datetime, *, spark: SparkSes
     )
 
 
+def train(settings: DarkroomSettings, *, as_of: datetime) -> dict:
+    """``two_tower_weekly.train`` (entry point, ``darkroom.spark_task``): ``train_weekly``'s summary."""
+    from darkroom.spark import get_spark
+
+    return train_weekly(settings, as_of, spark=get_spark(settings, "two_tower")).summary()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.two_tower_examples.main", description=__doc__)
     parser.add_argument("--as-of", required=True, type=datetime.fromisoformat, help="the window's end (UTC)")

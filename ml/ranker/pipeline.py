@@ -510,3 +510,13 @@ def promote_version(settings: DarkroomSettings, version: str) -> str | None:
 def rollback(settings: DarkroomSettings) -> tuple[str, str]:
     c = R.client(tracking_uri(settings))
     return R.rollback(c, settings.ranker.registered_model)
+
+
+def retrain_task(settings: DarkroomSettings, *, as_of: datetime) -> dict[str, Any]:
+    """``ranker_weekly.retrain`` (entry point, ``darkroom.spark_task``): ``retrain``'s summary."""
+    return retrain(settings, as_of).summary()
+
+
+def finetune_task(settings: DarkroomSettings, *, as_of: datetime) -> dict[str, Any]:
+    """``ranker_hourly.finetune`` (entry point, ``darkroom.spark_task``): ``finetune``'s summary."""
+    return finetune(settings, as_of).summary()

@@ -84,6 +84,7 @@ print(json.dumps({
                         "pool": t.pool,
                         "application": t.application,
                         "module": getattr(t, "module", None),
+                        "call": getattr(t, "call", None),
                         "application_args": t.application_args,
                     } if isinstance(t, SparkSubmitOperator) else None,
                 }
@@ -292,30 +293,42 @@ def test_shell_exports_give_the_same_settings(tmp_path, monkeypatch):
 
 # --- Spark jobs through SparkSubmitOperator ---------------------------------------------------------------------------
 
-# Tasks that must be spark-submitted (their results are tables, not XComs).
-SPARK_SUBMIT_TASKS = {("fanout_threshold_tuning", "replay_validation"), ("feed_publish", "story_rings")}
+# Tasks that are no Spark job: a short-circuit on the run's as-of.
+NOT_SPARK = {"day_complete", "week_complete"}
+# Spark tasks in another pool than `spark`: the trainings (one at a time, beside at most one other Spark job).
+TRAINING_POOL = {"retrain", "finetune", "train"}
 
 
-def test_spark_jobs_are_submitted_on_spark_default_in_pool_spark(dagbag, settings):
-    submitted = {
-        (dag_id, task_id): t["spark_submit"]
-        for dag_id, dag in dagbag["dags"].items()
-        for task_id, t in dag["tasks"].items()
-        if t["spark_submit"]
+def test_every_spark_task_is_a_spark_submit_on_spark_default(dagbag, settings):
+    """Every task but the short-circuits is a ``SparkSubmitOperator`` on ``spark_default``: a job module's CLI
+    (``jobs.<job>.main``, its results are tables) or an entry point run by ``darkroom/spark_task.py`` (its return
+    value is the task's XCom)."""
+    from darkroom.spark_task import SPARK_TASK_FILE, resolve
+
+    tasks = {(d, t): task for d, dag in dagbag["dags"].items() for t, task in dag["tasks"].items()}
+    assert {(d, t) for (d, t), task in tasks.items() if not task["spark_submit"]} == {
+        (d, t) for d, t in tasks if t in NOT_SPARK
     }
-    assert set(submitted) >= SPARK_SUBMIT_TASKS
     assert SPARK_POOL in pools(settings)
-    for (dag_id, task_id), sub in submitted.items():
-        where = f"{dag_id}.{task_id}"
+    entry_points = set()
+    for (dag_id, task_id), task in tasks.items():
+        sub, where = task["spark_submit"], f"{dag_id}.{task_id}"
+        if sub is None:
+            continue
         assert sub["conn_id"] == SPARK_CONN_ID, where
-        assert sub["pool"] == SPARK_POOL, where
-        # the application is the job module's own file, which runs main() as a script
-        assert sub["module"] and sub["module"].startswith("jobs.") and sub["module"].endswith(".main"), where
+        assert sub["pool"] == ("ranker_training" if task_id in TRAINING_POOL else SPARK_POOL), where
         application = Path(sub["application"])
-        assert application == PROJECT_ROOT.joinpath(*sub["module"].split(".")).with_suffix(".py"), where
-        assert application.is_file(), where
-        assert callable(getattr(importlib.import_module(sub["module"]), "main", None)), where
-        assert 'if __name__ == "__main__":' in application.read_text(), where
+        assert application.is_file() and 'if __name__ == "__main__":' in application.read_text(), where
+        if sub["call"]:  # an entry point: called by darkroom/spark_task.py, in the driver or in the task
+            assert application == SPARK_TASK_FILE, where
+            assert sub["call"].split(".")[0] in {"jobs", "ml", "feature_store", "serving", "darkroom"}, where
+            resolve(sub["call"])  # raises naming what is missing
+            entry_points.add(sub["call"])
+        else:  # a job module's own file, which runs main() as a script
+            assert sub["module"].startswith("jobs.") and sub["module"].endswith(".main"), where
+            assert application == PROJECT_ROOT.joinpath(*sub["module"].split(".")).with_suffix(".py"), where
+            assert callable(getattr(importlib.import_module(sub["module"]), "main", None)), where
+    assert len(entry_points) >= 20
     # the replay validates the run's own tuning: its MLflow run id comes from fanout_threshold's XCom
     replay = dagbag["dags"]["fanout_threshold_tuning"]["tasks"]["replay_validation"]
     assert replay["upstream"] == ["fanout_threshold"]

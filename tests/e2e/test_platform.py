@@ -335,3 +335,35 @@ def test_the_report_shows_what_ran(platform, tmp_path):
     html = page.read_text()
     for section in ("DAG runs", "Storage", "Fan-out policy", "Models (MLflow)", "Feeds published", "mlflow ui"):
         assert section in html, section
+
+
+def test_spark_tasks_spark_submitted_return_what_they_return_in_process(platform):
+    """The plan ran its Spark tasks in its process (``airflow.spark_tasks=in_process``); the same DAG run again
+    with ``submit`` spark-submits each task's entry point (``darkroom/spark_task.py``) on the ``spark_default``
+    master, and each task returns, through the driver's result file, what it returned in process. Last in the module:
+    it replaces the Monday's ``feature_materialize`` run (one run per DAG and logical date)."""
+    from darkroom.platform_report import run_xcom
+    from darkroom.platform_run import PlannedRun, run_plan
+    from darkroom.spark_task import result_path
+
+    s = platform["settings"]
+    first = _runs(platform, "feature_materialize")[0]
+    tasks = {
+        "materialize": "feature_store.online:materialize_task",
+        "check_consistency": "feature_store.online:check_consistency_task",
+    }
+    before = {t: run_xcom(s, "feature_materialize", first.run_id, t) for t in tasks}
+    assert before["materialize"] and all(v["written"] > 0 for v in before["materialize"].values())
+    lines: list[str] = []
+    plans = sorted((s.airflow_home / "plans").glob("plan-*.log"))
+    when = platform["days"][0]
+    [again] = run_plan(s, [PlannedRun("feature_materialize", when)], progress=lines.append, spark_tasks="submit")
+    assert again.state == "success" and again.tasks == dict.fromkeys(tasks, "success"), again
+    log = "\n".join(p.read_text() for p in sorted((s.airflow_home / "plans").glob("plan-*.log")) if p not in plans)
+    for task_id, call in tasks.items():
+        assert run_xcom(s, "feature_materialize", again.run_id, task_id) == before[task_id], task_id
+        result = result_path(s, "feature_materialize", again.run_id, task_id)
+        assert json.loads(result.read_text()) == {"result": before[task_id]}
+        [submit] = [line for line in log.splitlines() if "Spark-Submit cmd:" in line and f"--call {call} " in line]
+        assert f"--master {s.spark.master} " in submit and f"--name darkroom-{task_id} " in submit, submit
+        assert f"darkroom/spark_task.py --as-of {when.isoformat()} " in submit and f"--result {result}" in submit

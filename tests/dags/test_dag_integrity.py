@@ -372,8 +372,8 @@ _TASK_SPARK_PROBE = (
 
 
 def test_a_task_running_spark_in_its_own_process_starts_it_on_the_connections_master(settings, monkeypatch):
-    """Not only the submitted jobs: a task's own Spark session (a return value later tasks read, dbt's session) is a
-    driver on the ``spark_default`` master, so pointing the connection elsewhere moves it too."""
+    """Not only the submitted jobs: a Spark task run in its own process (``airflow.spark_tasks=in_process``) starts
+    its driver on the ``spark_default`` master, so pointing the connection elsewhere moves it too."""
     monkeypatch.setenv(SPARK_CONN_ENV, json.dumps({"conn_type": "spark", "host": "local[1]"}))
     assert settings.spark.master == "local[2]"
     proc = subprocess.run(

@@ -341,13 +341,13 @@ def test_spark_tasks_spark_submitted_return_what_they_return_in_process(platform
     """The plan ran its Spark tasks in its process (``airflow.spark_tasks=in_process``); the same DAG run again
     with ``submit`` spark-submits each task's entry point (``darkroom/spark_task.py``) on the ``spark_default``
     master, and each task returns, through the driver's result file, what it returned in process. Last in the module:
-    it replaces the Monday's ``feature_materialize`` run (one run per DAG and logical date)."""
+    it replaces the last day's ``feature_materialize`` run (one run per DAG and logical date)."""
     from darkroom.platform_report import run_xcom
     from darkroom.platform_run import PlannedRun, run_plan
     from darkroom.spark_task import result_path
 
     s = platform["settings"]
-    first = _runs(platform, "feature_materialize")[0]
+    first = _runs(platform, "feature_materialize")[-1]  # the last day's: online rows are never set back to older ones
     tasks = {
         "materialize": "feature_store.online:materialize_task",
         "check_consistency": "feature_store.online:check_consistency_task",
@@ -356,7 +356,7 @@ def test_spark_tasks_spark_submitted_return_what_they_return_in_process(platform
     assert before["materialize"] and all(v["written"] > 0 for v in before["materialize"].values())
     lines: list[str] = []
     plans = sorted((s.airflow_home / "plans").glob("plan-*.log"))
-    when = platform["days"][0]
+    when = platform["days"][-1]
     [again] = run_plan(s, [PlannedRun("feature_materialize", when)], progress=lines.append, spark_tasks="submit")
     assert again.state == "success" and again.tasks == dict.fromkeys(tasks, "success"), again
     log = "\n".join(p.read_text() for p in sorted((s.airflow_home / "plans").glob("plan-*.log")) if p not in plans)

@@ -33,7 +33,11 @@ def test_rerunning_the_last_day_changes_no_table_file_or_key(platform):
     changed = {k: (first["delta"].get(k), v) for k, v in second["delta"].items() if first["delta"].get(k) != v}
     assert not changed, f"Delta tables whose rows changed on the re-run: {json.dumps(changed)}"
     assert second["files"] == first["files"]
-    assert second["redis"] == first["redis"]
+    # Redis: every key as it was, but keys that expire (a superseded version's, a story's ring) may have gone by the
+    # wall clock meanwhile; the re-run added none.
+    gone = {k for k in first["redis"] if k not in second["redis"]}
+    assert all(first["redis"][k][2] for k in gone), sorted(k for k in gone if not first["redis"][k][2])[:10]
+    assert {k: v for k, v in first["redis"].items() if k not in gone} == second["redis"]
 
 
 def test_the_rerun_spark_submitted_every_spark_task(platform):
@@ -48,8 +52,6 @@ def test_the_rerun_spark_submitted_every_spark_task(platform):
         if state == "success" and t not in ("day_complete", "week_complete")
     ]
     assert len(submits) == len(ran), (len(submits), ran)  # each once: no task needed a retry
-    assert any(
-        "--call darkroom.dbt_runner:build " in line and line.rstrip().endswith("--dbt-session") for line in submits
-    )
+    assert any("--call darkroom.dbt_runner:build " in line and " --dbt-session" in line for line in submits)
     for call in ("jobs.storage.main:ec_rewrite_task", "feature_store.online:materialize_task", "serving.publisher:"):
         assert any(f"--call {call}" in line for line in submits), call

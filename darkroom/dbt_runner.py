@@ -428,6 +428,22 @@ def run_dbt(
     return summary.raise_for_failures() if check else summary
 
 
+def build(settings: DarkroomSettings, *, as_of: datetime, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``dbt_build`` DAG's task (entry point, ``darkroom.spark_task``): ``dbt build`` with the run's params
+    (``select``, ``exclude``: space-separated, empty for none; ``full_refresh``) as of ``as_of``; returns the summary
+    (as-of, counts per node type and status, elapsed seconds) and raises ``DbtRunError`` naming every failed node."""
+    summary = run_dbt(
+        settings,
+        "build",
+        select=params["select"].split() or None,
+        exclude=params["exclude"].split() or None,
+        full_refresh=params["full_refresh"],
+        as_of=as_of,
+    )
+    print(summary.line(), flush=True)
+    return {"as_of": summary.as_of, "counts": summary.counts(), "elapsed_s": summary.elapsed}
+
+
 def lint(settings: DarkroomSettings, paths: list[str] | None = None, *, fix: bool = False) -> tuple[int, str]:
     """sqlfluff (Spark dialect, dbt templater) over the project's models; returns (exit code, report).
 
@@ -480,19 +496,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def build(settings: DarkroomSettings, *, as_of: datetime, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``dbt_build`` DAG's task (entry point, ``darkroom.spark_task``): ``dbt build`` with the run's params
-    (``select``, ``exclude``: space-separated, empty for none; ``full_refresh``) as of ``as_of``; returns the summary
-    (as-of, counts per node type and status, elapsed seconds) and raises ``DbtRunError`` naming every failed node."""
-    summary = run_dbt(
-        settings,
-        "build",
-        select=params["select"].split() or None,
-        exclude=params["exclude"].split() or None,
-        full_refresh=params["full_refresh"],
-        as_of=as_of,
-    )
-    print(summary.line(), flush=True)
-    return {"as_of": summary.as_of, "counts": summary.counts(), "elapsed_s": summary.elapsed}

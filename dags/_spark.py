@@ -124,7 +124,9 @@ class DarkroomSparkTaskOperator(DarkroomSparkSubmitOperator):
     driver wrote to its result file; with ``in_process`` it calls the entry point itself. Either way the return value
     is the task's XCom, ``TaskSkipped`` skips the task, and with ``interval_end_extra`` every outlet's asset event
     carries ``{"data_interval_end": as-of}`` for its consumers' windows. ``dbt_session``: the submitted driver starts
-    its session with dbt's catalog and runs dbt on it (``darkroom.dbt_runner.share_session``).
+    its session with dbt's catalog and runs dbt on it (``darkroom.dbt_runner.share_session``). ``precheck``: an entry
+    point that must not start Spark, called in the task's process first (both ways); when it raises ``TaskSkipped``
+    the task is skipped without a driver (e.g. ``ingest`` for an hour with no new landing file).
     """
 
     template_fields = (*DarkroomSparkSubmitOperator.template_fields, "op_kwargs")
@@ -137,10 +139,12 @@ class DarkroomSparkTaskOperator(DarkroomSparkSubmitOperator):
         context_kwargs: Sequence[str] = (),
         interval_end_extra: bool = False,
         dbt_session: bool = False,
+        precheck: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(module="darkroom.spark_task", **kwargs)
         self.call = call
+        self.precheck = precheck
         self.op_kwargs = dict(op_kwargs or {})
         self.context_kwargs = tuple(context_kwargs)
         self.interval_end_extra = interval_end_extra
@@ -155,6 +159,11 @@ class DarkroomSparkTaskOperator(DarkroomSparkSubmitOperator):
         settings = task_settings(self._conn_id)
         as_of = run_as_of(context)
         kwargs = {**self.op_kwargs, **{k: _context_value(context, k) for k in self.context_kwargs}}
+        if self.precheck:
+            checked = run_entry(self.precheck, settings, as_of, kwargs)
+            if "skipped" in checked:
+                self.log.info("pre-check %s: skipped, no driver started", self.precheck)
+                raise AirflowSkipException(checked["skipped"])
         if settings.airflow.spark_tasks == "in_process":
             self.log.info("%s in this process (airflow.spark_tasks=in_process), as of %s", self.call, as_of)
             outcome = run_entry(self.call, settings, as_of, kwargs)
@@ -188,6 +197,6 @@ def spark_task(task_id: str, call: str, **kwargs: Any) -> DarkroomSparkTaskOpera
     """A task that runs entry point ``call`` (``"package.module:function"``) as of the run's as-of, spark-submitted
     or in the task's process (``settings.airflow.spark_tasks``), on connection ``spark_default`` in pool ``spark``
     unless ``kwargs`` names another pool; it returns the entry point's value (XCom). ``kwargs`` go to the operator
-    (``op_kwargs``, ``context_kwargs``, ``outlets``, ``interval_end_extra``, ``dbt_session``, ...)."""
+    (``op_kwargs``, ``context_kwargs``, ``outlets``, ``interval_end_extra``, ``dbt_session``, ``precheck``, ...)."""
     kwargs.setdefault("pool", SPARK_POOL)
     return DarkroomSparkTaskOperator(task_id=task_id, call=call, conn_id=SPARK_CONN_ID, **kwargs)

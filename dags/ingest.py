@@ -13,7 +13,9 @@ Each task runs `jobs.ingest.main.ingest_dataset` (a Spark task, `dags/_spark.py`
   the file was recorded in `meta.ingest_ledger`. The return value (XCom) is the ingest result: rows, good,
   quarantined per rule, table version, report path. The table's asset (`dags/assets.py`) gets an event.
 - **skipped**: no landing data for the dataset, the dataset is not in `params.datasets`, or the ledger already
-  holds this exact file (same checksum): nothing changed, so no asset event either.
+  holds this exact file (same checksum): nothing changed, so no asset event either. These are decided before any
+  Spark starts (`jobs.ingest.main.ingest_precheck`, the ledger read with delta-rs when the lake is local), so an
+  hour with nothing new submits no driver.
 - **failed**: the file was refused (unreadable, wrong columns or types, a referenced table missing, or more bad
   rows than `ingest.max_bad_fraction`): nothing was written. The error names the file and the reason; the
   report link is in the message when there is one. Retries cannot help until a new file lands.
@@ -87,6 +89,7 @@ def ingest():
         name: spark_task(
             f"ingest_{name}",
             "jobs.ingest.main:ingest_dataset",
+            precheck="jobs.ingest.main:ingest_precheck",  # a skip needs no driver JVM
             op_kwargs={"dataset": name},
             context_kwargs=("params", "run_id"),
             outlets=[ASSETS_BY_DATASET[name]],

@@ -12,6 +12,7 @@ killed between writes leaves no ledger row, so the re-run redoes all three and e
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ from darkroom.spark import get_spark
 from darkroom.tables import dataset_table, input_datasets, table
 from data_contracts.checks import FileContractError, conform, with_violations
 from jobs.ingest.transform import good_rows, quarantine_rows, rule_counts
+
+log = logging.getLogger(__name__)
 
 Format = Literal["parquet", "csv", "json"]
 APP_NAME = "ingest"
@@ -300,13 +303,54 @@ def ingest_dataset(settings: DarkroomSettings, *, as_of: datetime, dataset: str,
     from darkroom.spark_task import TaskSkipped
     from data_contracts.suites import ContractValidator
 
-    if dataset not in params["datasets"]:
-        raise TaskSkipped(f"{dataset}: not in params.datasets {params['datasets']}")
-    path = landing_path(settings, dataset, params["landing_dir"])
-    if not path.exists():
-        raise TaskSkipped(f"{dataset}: no landing data at {path}")
+    path = _selected_landing(settings, dataset, params)
     result = ingest(settings, dataset, path, run_id=run_id, validator=ContractValidator(settings))
     if result.status == "skipped":
         raise TaskSkipped(result.line())
     print(result.line(), flush=True)
     return result.as_dict()
+
+
+def ingest_precheck(settings: DarkroomSettings, *, as_of: datetime, dataset: str, params: dict, run_id: str) -> None:
+    """``ingest_dataset``'s skips, decided without Spark (the task's pre-check, ``darkroom.spark_task``): raises
+    ``TaskSkipped`` when the dataset is not selected, has no landing data, or the ledger already holds its checksum,
+    so a submitted task starts no driver JVM for an hour with nothing new. The ledger is read with delta-rs when it
+    is a local table; on an object store, or when delta-rs cannot read it, the driver's own check decides."""
+    from darkroom.spark_task import TaskSkipped
+
+    path = _selected_landing(settings, dataset, params)
+    digest = checksum(path)
+    if _ledger_has_local(settings, dataset, digest):
+        raise TaskSkipped(IngestResult(dataset, str(path.resolve()), digest, "skipped").line())
+
+
+def _selected_landing(settings: DarkroomSettings, dataset: str, params: dict) -> Path:
+    """The dataset's landing path, or ``TaskSkipped`` when it is not in ``params["datasets"]`` or has no data."""
+    from darkroom.spark_task import TaskSkipped
+
+    if dataset not in params["datasets"]:
+        raise TaskSkipped(f"{dataset}: not in params.datasets {params['datasets']}")
+    path = landing_path(settings, dataset, params["landing_dir"])
+    if not path.exists():
+        raise TaskSkipped(f"{dataset}: no landing data at {path}")
+    return path
+
+
+def _ledger_has_local(settings: DarkroomSettings, dataset: str, digest: str) -> bool:
+    """Whether ``meta.ingest_ledger`` holds ``(dataset, digest)``, read with delta-rs; False when the ledger is not
+    a local table, does not exist yet, or uses a protocol delta-rs cannot read (then Spark's check decides)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
+
+    ledger = table("meta.ingest_ledger")
+    uri = ledger.uri(settings)
+    if "://" in uri:
+        return False
+    try:
+        hits = DeltaTable(uri).to_pyarrow_table(
+            columns=["source_checksum"], filters=[("dataset", "=", dataset), ("source_checksum", "=", digest)]
+        )
+    except (TableNotFoundError, DeltaProtocolError) as e:
+        log.info("ingest pre-check: %s not read with delta-rs (%s); the driver checks the ledger", uri, e)
+        return False
+    return hits.num_rows > 0

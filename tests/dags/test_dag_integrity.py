@@ -85,6 +85,7 @@ print(json.dumps({
                         "application": t.application,
                         "module": getattr(t, "module", None),
                         "call": getattr(t, "call", None),
+                        "precheck": getattr(t, "precheck", None),
                         "application_args": t.application_args,
                     } if isinstance(t, SparkSubmitOperator) else None,
                 }
@@ -324,11 +325,16 @@ def test_every_spark_task_is_a_spark_submit_on_spark_default(dagbag, settings):
             assert sub["call"].split(".")[0] in {"jobs", "ml", "feature_store", "serving", "darkroom"}, where
             resolve(sub["call"])  # raises naming what is missing
             entry_points.add(sub["call"])
+            if sub["precheck"]:  # called in the task's process before any driver: must resolve there too
+                resolve(sub["precheck"])
         else:  # a job module's own file, which runs main() as a script
             assert sub["module"].startswith("jobs.") and sub["module"].endswith(".main"), where
             assert application == PROJECT_ROOT.joinpath(*sub["module"].split(".")).with_suffix(".py"), where
             assert callable(getattr(importlib.import_module(sub["module"]), "main", None)), where
     assert len(entry_points) >= 20
+    # an hour with no new landing file submits no driver: every ingest task has its Spark-free pre-check
+    prechecks = {t: task["spark_submit"]["precheck"] for (d, t), task in tasks.items() if d == "ingest"}
+    assert set(prechecks.values()) == {"jobs.ingest.main:ingest_precheck"}, prechecks
     # the replay validates the run's own tuning: its MLflow run id comes from fanout_threshold's XCom
     replay = dagbag["dags"]["fanout_threshold_tuning"]["tasks"]["replay_validation"]
     assert replay["upstream"] == ["fanout_threshold"]

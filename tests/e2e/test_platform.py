@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -340,8 +340,8 @@ def test_the_report_shows_what_ran(platform, tmp_path):
 def test_spark_tasks_spark_submitted_return_what_they_return_in_process(platform):
     """The plan ran its Spark tasks in its process (``airflow.spark_tasks=in_process``); the same DAG run again
     with ``submit`` spark-submits each task's entry point (``darkroom/spark_task.py``) on the ``spark_default``
-    master, and each task returns, through the driver's result file, what it returned in process. Last in the module:
-    it replaces the last day's ``feature_materialize`` run (one run per DAG and logical date)."""
+    master, and each task returns, through the driver's result file, what it returned in process. Near the end of
+    the module: it replaces the last day's ``feature_materialize`` run (one run per DAG and logical date)."""
     from darkroom.platform_report import run_xcom
     from darkroom.platform_run import PlannedRun, run_plan
     from darkroom.spark_task import result_path
@@ -367,3 +367,44 @@ def test_spark_tasks_spark_submitted_return_what_they_return_in_process(platform
         [submit] = [line for line in log.splitlines() if "Spark-Submit cmd:" in line and f"--call {call} " in line]
         assert f"--master {s.spark.master} " in submit and f"--name darkroom-{task_id} " in submit, submit
         assert f"darkroom/spark_task.py --as-of {when.isoformat()} " in submit and f"--result {result}" in submit
+
+
+def test_an_hour_with_no_new_landing_file_submits_no_driver(platform, spark, tmp_path):
+    """``ingest``'s pre-check (``jobs.ingest.main.ingest_precheck``) decides its skips without Spark: run again
+    spark-submitted, the hourly run skips every dataset before any ``spark-submit`` (the ledger read with delta-rs)
+    and changes no ledger row. The pre-check skips only what the driver would: a changed file, a dataset left out
+    of ``params.datasets``, a dataset with no landing data."""
+    import shutil
+
+    from darkroom import lake
+    from darkroom.contract_spec import contract_names
+    from darkroom.platform_run import PlannedRun, run_plan
+    from darkroom.spark_task import TaskSkipped
+    from darkroom.tables import table
+    from jobs.ingest.main import data_files, ingest_precheck
+
+    s = platform["settings"]
+    _, hourly = _runs(platform, "ingest")
+    ledger_before = sorted(map(tuple, lake.read(spark, table("meta.ingest_ledger"), s).collect()))
+    plans = sorted((s.airflow_home / "plans").glob("plan-*.log"))
+    when = datetime.fromisoformat(hourly.logical_date)
+    [again] = run_plan(s, [PlannedRun("ingest", when)], spark_tasks="submit")
+    assert again.state == "success" and again.tasks == {f"ingest_{d}": "skipped" for d in contract_names()}, again
+    log = "\n".join(p.read_text() for p in sorted((s.airflow_home / "plans").glob("plan-*.log")) if p not in plans)
+    assert "Spark-Submit cmd:" not in log
+    assert log.count("pre-check jobs.ingest.main:ingest_precheck: skipped, no driver started") == len(contract_names())
+    assert sorted(map(tuple, lake.read(spark, table("meta.ingest_ledger"), s).collect())) == ledger_before
+
+    args = {"as_of": when, "run_id": "precheck-test"}
+    every = {"datasets": contract_names(), "landing_dir": ""}
+    with pytest.raises(TaskSkipped, match=r"users: .* already ingested \(checksum "):
+        ingest_precheck(s, dataset="users", params=every, **args)
+    with pytest.raises(TaskSkipped, match=r"users: not in params.datasets \['posts'\]"):
+        ingest_precheck(s, dataset="users", params={"datasets": ["posts"], "landing_dir": ""}, **args)
+    elsewhere = {"datasets": contract_names(), "landing_dir": str(tmp_path)}
+    with pytest.raises(TaskSkipped, match=f"users: no landing data at {tmp_path / 'users'}"):
+        ingest_precheck(s, dataset="users", params=elsewhere, **args)
+    shutil.copytree(s.landing_dir / "users", tmp_path / "users")
+    part = data_files(tmp_path / "users")[0]
+    part.write_bytes(part.read_bytes() + b"\n")  # other bytes: another file for the ledger
+    assert ingest_precheck(s, dataset="users", params=elsewhere, **args) is None

@@ -138,14 +138,31 @@ class BlobStore:
         return data
 
     def read_location(self, loc: dict) -> bytes:
+        """A catalog location's bytes, verified against its checksum (``BlobReadError`` naming the media if not)."""
+        return self._read_location(loc, {}, {})
+
+    def read_locations(self, locations: Iterable[dict]) -> Iterator[tuple[dict, bytes]]:
+        """``(location, bytes)`` for every location, each verified as ``read_location`` does; each warm volume's
+        description and each cold pack's manifest is read from the catalog once for all its media (a bulk read:
+        ``read_location`` alone reads them for every media)."""
+        volumes: dict[int, WarmVolume] = {}
+        packs: dict[int, cold.PackManifest] = {}
+        for loc in locations:
+            yield loc, self._read_location(loc, volumes, packs)
+
+    def _read_location(self, loc: dict, volumes: dict, packs: dict) -> bytes:
         media_id, tier = loc["media_id"], loc["tier"]
         try:
             if tier == "hot":
                 data = self.hot_volume(loc["volume_id"]).read(media_id)
             elif tier == "warm":
-                data = self._read_warm(loc)
+                if loc["volume_id"] not in volumes:
+                    volumes[loc["volume_id"]] = self.warm_volume(loc["volume_id"])
+                data = self._read_warm(loc, volumes[loc["volume_id"]])
             elif tier == "cold":
-                data = cold.read_media(self.fs, self.pack(loc["pack_id"]), media_id)
+                if loc["pack_id"] not in packs:
+                    packs[loc["pack_id"]] = self.pack(loc["pack_id"])
+                data = cold.read_media(self.fs, packs[loc["pack_id"]], media_id)
             else:
                 raise BlobReadError(f"media {media_id}: tier {tier!r}, nothing to read (deleted)")
         except (OSError, ValueError, LookupError, cold.ColdPackError) as e:
@@ -156,8 +173,7 @@ class BlobStore:
             )
         return data
 
-    def _read_warm(self, loc: dict) -> bytes:
-        volume = self.warm_volume(loc["volume_id"])
+    def _read_warm(self, loc: dict, volume: WarmVolume) -> bytes:
         try:
             return self.warm.read_range(volume, loc["offset"], loc["size"])
         except VolumeLostError as e:
@@ -290,7 +306,8 @@ class BlobStore:
         killed after its append is adopted by the next one (:meth:`place_hot`).
         """
         todo = [loc for loc in map(self.catalog.location, dict.fromkeys(media_ids)) if loc["tier"] != "hot"]
-        self.place_hot((Blob(loc["media_id"], loc["kind"], self.read_location(loc)) for loc in todo), as_of=as_of)
+        blobs = (Blob(loc["media_id"], loc["kind"], data) for loc, data in self.read_locations(todo))
+        self.place_hot(blobs, as_of=as_of)
         self.catalog.sync_placement()
         return len(todo)
 

@@ -292,7 +292,7 @@ def archive_to_cold(store: BlobStore, media_ids: Iterable[int], *, as_of: dateti
     for spec in specs:
         stored = store.catalog.get("packs", spec["pack_id"])
         if stored is None or stored["state"] != "verified":
-            items = [(s["media_id"], store.read_location(s)) for s in spec["media"]]
+            items = [(loc["media_id"], data) for loc, data in store.read_locations(spec["media"])]
             info = cold.write_pack(
                 store.fs,
                 store.topology,
@@ -354,7 +354,8 @@ def _pack_row(info: cold.PackInfo, as_of: datetime) -> dict:
 def promote_to_hot(store: BlobStore, media_ids: Iterable[int], *, as_of: datetime) -> dict:
     """Warm media read hot again are copied back into hot volumes (the warm bytes stay: volumes are immutable)."""
     sources = _sources(store, media_ids, {"warm"}, "hot")
-    blobs = (Blob(s.media_id, s.kind, store.read_location(asdict(s))) for s in sources)
+    reads = store.read_locations(asdict(s) for s in sources)  # each warm volume's description read once
+    blobs = (Blob(s.media_id, s.kind, data) for s, (_, data) in zip(sources, reads, strict=True))
     written = store.place_hot(blobs, as_of=as_of)  # put_hot would skip them: they are in the catalog
     store.catalog.sync_placement()
     return {"media": len(sources), "written": written, "bytes": sum(s.size for s in sources)}

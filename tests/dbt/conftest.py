@@ -1,6 +1,7 @@
 """The tiny world through bronze and the dbt project, built the way a week of runs would build it.
 
-``dbt_world`` runs, in one state folder of its own (dbt runs in a child process with its own Spark and metastore):
+``dbt_world`` runs, in one state folder of its own, in one child process on one Spark session with dbt's metastore
+(``tests/dbt/world_build.py``):
 1. ``dbt run --full-refresh`` as of one day before the world's end (day one),
 2. ``dbt run`` as of the end (an incremental day),
 3. ``dbt build --full-refresh`` as of the end (models, unit tests, data tests),
@@ -11,14 +12,17 @@ the full refresh's. Mart checks read the tables by path from the test's own Spar
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from darkroom.dbt_runner import DbtRunSummary, run_dbt
-from darkroom.settings import DarkroomSettings, load_settings
+from darkroom.dbt_runner import DbtRunSummary
+from darkroom.settings import PROJECT_ROOT, DarkroomSettings, load_settings
 from darkroom.tables import table
 from tests.model_sizes import RANKER
 
@@ -76,17 +80,29 @@ def dbt_bronze(dbt_settings, spark) -> DarkroomSettings:
 
 
 @pytest.fixture(scope="session")
-def dbt_world(dbt_bronze, spark) -> DbtWorld:
-    from delta.tables import DeltaTable
+def dbt_world(dbt_bronze, tmp_path_factory) -> DbtWorld:
+    from darkroom.airflow_env import settings_env
 
     s = dbt_bronze
-    run_dbt(s, "run", full_refresh=True, as_of=DAY_ONE)
-    run_dbt(s, "run", as_of=WORLD_END)
-    versions = {
-        q: DeltaTable.forPath(spark, table(q).uri(s)).history(1).collect()[0]["version"] for q in incremental_models(s)
-    }
-    summary = run_dbt(s, "build", full_refresh=True, as_of=WORLD_END)
-    return DbtWorld(settings=s, as_of=WORLD_END, build=summary, incremental_versions=versions)
+    out = tmp_path_factory.mktemp("dbt-world") / "world.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")} | settings_env(s)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.dbt.world_build", str(out)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and out.exists(), (proc.stdout[-3000:], proc.stderr[-3000:])
+    built = json.loads(out.read_text())
+    return DbtWorld(
+        settings=s,
+        as_of=WORLD_END,
+        build=DbtRunSummary.from_json(built["build"]),
+        incremental_versions=built["incremental_versions"],
+    )
 
 
 # The ranker of ``champion_world``: tiny dimensions, one epoch, a week of training.

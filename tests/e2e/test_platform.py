@@ -180,8 +180,7 @@ def test_every_media_reads_back_with_its_checksum(platform, spark):
     rows = [r for r in store.catalog.read("media_locations").to_pylist() if r["tier"] != "deleted"]
     assert rows
     tiers = {}
-    for r in rows:
-        data = store.read_location(r)  # raises naming the media if the checksum does not match
+    for r, data in store.read_locations(rows):  # raises naming the media if the checksum does not match
         assert data
         tiers[r["tier"]] = tiers.get(r["tier"], 0) + 1
     assert tiers.get("warm", 0) > 0, tiers

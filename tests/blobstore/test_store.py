@@ -52,6 +52,26 @@ def test_get_reads_every_tier_with_its_original_bytes(store):
     assert store.catalog.location(COLD_ID)["tier"] == "cold"  # restore=False leaves it there
 
 
+def test_a_bulk_read_reads_every_tier_once_per_volume_and_pack(store, monkeypatch):
+    """``read_locations`` returns what ``read_location`` does for each media, reading each warm volume's description
+    and each cold pack's manifest once; a wrong checksum still fails naming the media."""
+    locations = [store.catalog.location(m) for m in MEDIA_IDS]
+    calls = {"warm_volume": [], "pack": []}
+    for name in calls:
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda key, real=real, name=name: calls[name].append(key) or real(key))
+
+    read = list(store.read_locations(locations))
+
+    assert [(loc["media_id"], data) for loc, data in read] == [(m, original(m)) for m in MEDIA_IDS]
+    for name, key in (("warm_volume", "volume_id"), ("pack", "pack_id")):
+        used = [loc[key] for loc in locations if loc["tier"] == {"warm_volume": "warm", "pack": "cold"}[name]]
+        assert used and sorted(calls[name]) == sorted(set(used)), (name, calls[name])
+    wrong = {**locations[0], "checksum": "0" * len(locations[0]["checksum"])}
+    with pytest.raises(BlobReadError, match=rf"media {wrong['media_id']} \({wrong['tier']}\): checksum .* does not"):
+        list(store.read_locations([wrong]))
+
+
 def test_a_cold_read_restores_the_media_to_hot(store):
     pack_id = store.catalog.location(COLD_ID)["pack_id"]
     pack_files = {k: v for k, v in file_hashes(store).items() if "/cold/" in k}

@@ -5,6 +5,7 @@
 1. ``dbt run --full-refresh`` as of one day before the world's end (day one),
 2. ``dbt run`` as of the end (an incremental day),
 3. ``dbt build --full-refresh`` as of the end (models, unit tests, data tests),
+4. ``dbt source freshness``, a production build of one mart (``dbt.unit_tests`` off) and ``dbt docs generate``,
 and records each incremental model's Delta version after step 2, so tests can compare the incremental rows with
 the full refresh's. Mart checks read the tables by path from the test's own Spark session.
 """
@@ -46,6 +47,8 @@ class DbtWorld:
     as_of: datetime
     build: DbtRunSummary
     incremental_versions: dict[str, int]
+    freshness: DbtRunSummary  # dbt source freshness after the build
+    production: DbtRunSummary  # a production build (no unit tests) of fct_user_read_activity
 
     def read(self, spark, qualified_name: str, version: int | None = None):
         reader = spark.read.format("delta")
@@ -102,6 +105,8 @@ def dbt_world(dbt_bronze, tmp_path_factory) -> DbtWorld:
         as_of=WORLD_END,
         build=DbtRunSummary.from_json(built["build"]),
         incremental_versions=built["incremental_versions"],
+        freshness=DbtRunSummary.from_json(built["freshness"]),
+        production=DbtRunSummary.from_json(built["production"]),
     )
 
 
